@@ -1,0 +1,187 @@
+"""The catalog: Parquet tables under one home, and a DuckDB file of views over them.
+
+Why Parquet plus views: DuckDB allows one read-write process per database file, and Dagster's
+multiprocess executor runs each step in its own process. So no step writes the DuckDB file
+while partitions run: every step writes its own Parquet file (atomically: temp + rename), and
+`catalog.duckdb` holds only views over those files. The views are (re)created by
+`refresh_views`, called from single, non-partitioned steps and by the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SQL_DIR = Path(str(resources.files("sql")))
+
+
+@dataclass(frozen=True)
+class Home:
+    """Everything probex writes lives under one directory (`PROBEX_HOME`, default ./.probex)."""
+
+    root: Path  # the home directory itself
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None) -> Home:
+        return cls(Path(root or os.environ.get("PROBEX_HOME", ".probex")).resolve())
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    def table_dir(self, table: str) -> Path:
+        return self.tables / table
+
+    def layer_dir(self, tree_id: str) -> Path:
+        return self.artifacts / "layers" / tree_id
+
+    def expert_dir(self, tree_id: str) -> Path:
+        return self.artifacts / "experts" / tree_id
+
+
+def load_sql(name: str) -> str:
+    """The text of `sql/<name>.sql`: one statement or view per file."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"no SQL file {path}")
+    return path.read_text()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def write_table(home: Home, table: str, df: pd.DataFrame, part: str = "all") -> Path:
+    """Write one Parquet part of a table atomically; a table is the union of its parts.
+
+    Partitioned steps write their own part (e.g. one per tree), so they never contend.
+    """
+    out = home.table_dir(table) / f"{part}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{part}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        con = duckdb.connect()  # in-memory: no lock on the catalog file
+        con.register("frame", df)
+        con.execute(f"COPY (SELECT * FROM frame) TO '{_quote(tmp)}' (FORMAT parquet)")
+        con.close()
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def remove_table_parts(home: Home, table: str, keep: Iterable[str]) -> None:
+    """Drop parts of a table whose key is no longer wanted (e.g. a tree that disappeared)."""
+    keep = set(keep)
+    for p in home.table_dir(table).glob("*.parquet"):
+        if p.stem not in keep:
+            p.unlink()
+
+
+def read_table(home: Home, table: str) -> pd.DataFrame:
+    parts = sorted(home.table_dir(table).glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"table {table!r} has no data under {home.table_dir(table)}")
+    con = duckdb.connect()
+    try:
+        return con.execute(
+            "SELECT * FROM read_parquet(?, union_by_name = true)", [[str(p) for p in parts]]
+        ).df()
+    finally:
+        con.close()
+
+
+def _quote(path: str | Path) -> str:
+    return str(path).replace("'", "''")
+
+
+# Base tables the views are built on: name → Parquet table directory.
+BASE_TABLES = (
+    "repos",
+    "rejected",
+    "tree_members",
+    "tree_summary",
+    "card_disagreements",
+    "expert_results",
+    "layer_sweep",
+    "predictions_long",
+    "model_embeddings",
+    "routes",
+    "evaluation_rows",
+)
+
+# User-facing views, each defined in sql/view_<name>.sql over the base tables.
+VIEWS = ("models", "trees", "experts", "predictions", "evaluations", "rejected_repos", "embeddings")
+
+
+def refresh_views(home: Home) -> None:
+    """(Re)create the catalog: one raw view per base table with data, then the user views.
+
+    Only single-process steps call this; it takes DuckDB's write lock for milliseconds.
+    """
+    home.root.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(home.catalog_path))
+    try:
+        for table in BASE_TABLES:
+            parts = sorted(home.table_dir(table).glob("*.parquet"))
+            if parts:
+                files = ", ".join(f"'{_quote(p)}'" for p in parts)
+                con.execute(
+                    f"CREATE OR REPLACE VIEW raw_{table} AS "
+                    f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
+                )
+            else:
+                con.execute(load_sql(f"empty_{table}").replace("{name}", f"raw_{table}"))
+        for view in VIEWS:
+            con.execute(load_sql(f"view_{view}"))
+    finally:
+        con.close()
+
+
+def query(home: Home, sql: str, params: list | None = None) -> pd.DataFrame:
+    """Run one read-only query on the catalog."""
+    if not home.catalog_path.exists():
+        raise FileNotFoundError(
+            f"no catalog at {home.catalog_path}; run `probex run` first (PROBEX_HOME={home.root})"
+        )
+    con = duckdb.connect(str(home.catalog_path), read_only=True)
+    try:
+        return con.execute(sql, params or []).df()
+    finally:
+        con.close()

@@ -1,0 +1,1 @@
+CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS repo_id, NULL::VARCHAR AS tree_id, NULL::VARCHAR AS encoder, NULL::FLOAT[] AS embedding WHERE false;

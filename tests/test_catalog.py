@@ -1,0 +1,46 @@
+import duckdb
+import pandas as pd
+import pytest
+
+from probex_core.catalog import VIEWS, Home, query, read_table, refresh_views, write_table
+
+
+def test_views_exist_and_are_empty_before_any_data(tmp_path):
+    home = Home(tmp_path)
+    refresh_views(home)
+    for view in VIEWS:
+        assert len(query(home, f"SELECT * FROM {view}")) == 0
+    cols = query(home, "SELECT * FROM rejected_repos").columns
+    assert {"repo_id", "reason"} <= set(cols)
+
+
+def test_parts_union_into_views_and_catalog_opens_read_only(tmp_path):
+    home = Home(tmp_path)
+    for tree in ("t1", "t2"):
+        write_table(
+            home,
+            "tree_summary",
+            pd.DataFrame(
+                {"tree_id": [tree], "root_repo": [f"org/{tree}"], "kind": ["full"], "signature": ["s"],
+                 "size": [3], "n_documented": [2], "fingerprint": ["f"]}
+            ),
+            part=tree,
+        )
+    refresh_views(home)
+    df = query(home, "SELECT tree_id, n_undocumented FROM trees ORDER BY tree_id")
+    assert df.tree_id.tolist() == ["t1", "t2"] and df.n_undocumented.tolist() == [1, 1]
+    assert len(read_table(home, "tree_summary")) == 2
+    with pytest.raises(duckdb.Error):
+        query(home, "CREATE TABLE x (a INT)")
+
+
+def test_query_without_catalog_names_the_home(tmp_path):
+    with pytest.raises(FileNotFoundError, match="probex run"):
+        query(Home(tmp_path / "nowhere"), "SELECT 1")
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    home = Home(tmp_path)
+    write_table(home, "repos", pd.DataFrame({"repo_id": ["a/b"]}))
+    files = sorted(p.name for p in home.table_dir("repos").iterdir())
+    assert files == ["all.parquet"]
