@@ -58,7 +58,8 @@ def validate(df: pd.DataFrame, suite_name: str, expectations: list) -> QualityRe
     batch = asset.add_batch_definition_whole_dataframe("whole")
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"{suite_name}_{n}"))
     for expectation in expectations:
-        suite.add_expectation(expectation)
+        # an expectation object belongs to one suite: add a fresh copy each time
+        suite.add_expectation(expectation.copy(update={"id": None}))
     definition = ctx.validation_definitions.add(
         gx.ValidationDefinition(name=f"{suite_name}_{n}", data=batch, suite=suite)
     )
