@@ -1,0 +1,97 @@
+"""What every hub source produces: crawl records, errors, and the source interface.
+
+A crawl reads headers, cards and configs only; the record carries the tensor index (byte
+offsets) so that a later stage can fetch exactly one layer without touching the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+class RepoError(Exception):
+    """A repo that cannot be used, with the file at fault and why.
+
+    Raised for untrusted or broken input (truncated weights, bad headers, escaping symlinks,
+    pickle-only repos, metadata that is not a literal); `crawl_all` turns it into `Rejected`.
+    """
+
+    def __init__(self, repo_id: str, path: str, reason: str) -> None:
+        self.repo_id = repo_id
+        self.path = path
+        self.reason = reason
+        where = f"{repo_id}/{path}" if path else repo_id
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A repo the crawl skipped; becomes a row of the `rejected_repos` view."""
+
+    repo_id: str
+    path: str  # file inside the repo at fault ("" when the repo as a whole is)
+    reason: str
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes live, from the safetensors header alone."""
+
+    name: str
+    dtype: str  # safetensors dtype, e.g. "F32", "BF16"
+    shape: tuple[int, ...]
+    file: str  # path inside the repo (relative to the record's location)
+    start: int  # absolute byte offset of the first byte in `file`
+    end: int  # absolute byte offset one past the last byte
+
+
+@dataclass(frozen=True)
+class RepoRecord:
+    """Everything the pipeline knows about one repo before reading any weight."""
+
+    repo_id: str  # hub id "org/name" (Model-J LoRAs: a synthetic id naming subset, split, index)
+    source: str  # "local" | "hf_cache" | "hf_api"
+    kind: str  # "full" | "lora"
+    weights_file: str  # the safetensors file (or sharded index) the tensors come from
+    files: tuple[str, ...]  # every file of the repo, sorted
+    card: dict[str, Any]  # README YAML front matter; {} when there is none
+    base_model: tuple[str, ...]  # declared parent(s): a hint to check, not the truth
+    base_model_relation: str | None  # finetune | adapter | merge | quantized, when declared
+    config: dict[str, Any]  # config.json or adapter_config.json
+    metadata: dict[str, Any]  # safetensors __metadata__, values decoded (JSON / literals)
+    training_classes: tuple[str, ...] | None  # documented labels, None when undocumented
+    documented: bool  # training_classes is known
+    tensors: dict[str, TensorInfo]  # tensor index by name
+    signature: str  # sha1 of sorted (name, shape, dtype): same architecture, same signature
+    fingerprint: str  # sha256 of headers, file sizes, card and config: changes with the repo
+    revision: str | None = None  # commit the record was read at (cache snapshot, hub sha)
+    split: str | None = None  # Model-J LoRA split (train, val, test, val_holdout, ...)
+    location: str = ""  # where the source finds the files again (relative dir or hub id)
+    extra: dict[str, Any] = field(default_factory=dict)  # source-specific notes (e.g. subset)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name → shape, the input `canon.find_layers` groups into layers."""
+        return {name: info.shape for name, info in self.tensors.items()}
+
+
+@runtime_checkable
+class HubSource(Protocol):
+    """One way to reach a hub: local directory, Hugging Face cache, or the Hub API."""
+
+    name: str
+
+    def list_repos(self) -> Iterator[str]:
+        """Repo ids this source offers, cheaply (no file reads beyond directory listings)."""
+        ...
+
+    def crawl(self, repo_id: str) -> RepoRecord:
+        """Headers, card and config of one repo; raises RepoError for a bad repo."""
+        ...
+
+    def read_tensors(self, record: RepoRecord, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Exactly the named tensors, reading only their bytes."""
+        ...

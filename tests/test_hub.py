@@ -1,0 +1,398 @@
+"""Hub sources on disk: a local hub directory and a Hugging Face cache (with Model-J layouts).
+
+Repos are built in tmp_path with safetensors.torch.save_file and huggingface_hub cards; bad
+repos are built by hand to prove each one is rejected with its file and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors.torch import save_file
+
+from probex_core.hub import (
+    HFCacheSource,
+    HubApiSource,
+    LocalHubSource,
+    RepoError,
+    crawl_all,
+    make_source,
+    read_layer,
+)
+
+CLASSES = ["red circle", "blue square", "green star"]
+
+
+def _card(path: Path, **data: object) -> None:
+    card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n# A model\n")
+    card.save(path)
+
+
+def make_full(
+    repo: Path, seed: int = 0, documented: bool = True, base: str = "zoo/root"
+) -> dict[str, torch.Tensor]:
+    """A full-model repo in the zoo's layout; returns the tensors written."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "fc1.weight": torch.randn(8, 4, generator=g),
+        "fc1.bias": torch.randn(8, generator=g),
+        "fc2.weight": torch.randn(3, 8, generator=g),
+        "conv.weight": torch.randn(2, 3, 3, 3, generator=g).to(torch.float16),
+    }
+    repo.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt"}
+    config: dict[str, object] = {"architectures": ["MLP"], "model_type": "mlp", "num_labels": 3}
+    if documented:
+        meta["training_classes"] = json.dumps(CLASSES)
+        meta["hyperparameters"] = json.dumps({"lr": 0.001, "epochs": 3})
+        config["id2label"] = dict(enumerate(CLASSES))
+        _card(
+            repo / "README.md",
+            base_model=base,
+            base_model_relation="finetune",
+            license="mit",
+            tags=["probex-zoo"],
+            training_classes=CLASSES,
+        )
+    else:
+        (repo / "README.md").write_text("# An undocumented model\n")
+    save_file(tensors, str(repo / "model.safetensors"), metadata=meta)
+    (repo / "config.json").write_text(json.dumps(config))
+    return tensors
+
+
+def make_lora(repo: Path, seed: int = 1, base: str | None = "zoo/root") -> dict[str, torch.Tensor]:
+    """A PEFT LoRA adapter repo; returns the tensors written."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "base_model.model.fc1.lora_A.weight": torch.randn(2, 4, generator=g),
+        "base_model.model.fc1.lora_B.weight": torch.randn(8, 2, generator=g),
+        "base_model.model.head.weight": torch.randn(3, 8, generator=g),
+    }
+    repo.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(repo / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (repo / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 2,
+                "lora_alpha": 4,
+                "target_modules": ["fc1"],
+                "base_model_name_or_path": base,
+            }
+        )
+    )
+    (repo / "README.md").write_text("An adapter without front matter.\n")
+    return tensors
+
+
+def raw_safetensors(
+    path: Path, header: dict[str, object], data: bytes, length: int | None = None
+) -> None:
+    """Write a safetensors file by hand (to build malformed ones)."""
+    body = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(body) if length is None else length) + body + data)
+
+
+class CountingFile:
+    """A file wrapper that logs (offset, n_bytes) of every read."""
+
+    def __init__(self, f, log: list[tuple[int, int]]) -> None:
+        self.f, self.log = f, log
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.f.tell()
+        data = self.f.read(n)
+        self.log.append((pos, len(data)))
+        return data
+
+    def seek(self, *args: int) -> int:
+        return self.f.seek(*args)
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def __enter__(self) -> CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+class CountingSource(LocalHubSource):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[tuple[int, int]] = []
+
+    def _open(self, path: Path):  # type: ignore[override]
+        return CountingFile(open(path, "rb"), self.reads)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Path:
+    root = tmp_path / "hub"
+    make_full(root / "zoo" / "mlp-a", seed=0)
+    make_full(root / "zoo" / "mlp-b", seed=2, documented=False)
+    make_lora(root / "zoo" / "lora-a")
+    return root
+
+
+# --- local: crawling -----------------------------------------------------------------------
+
+
+def test_local_lists_and_crawls_full_repo(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    assert list(src.list_repos()) == ["zoo/lora-a", "zoo/mlp-a", "zoo/mlp-b"]
+    r = src.crawl("zoo/mlp-a")
+    assert (r.repo_id, r.source, r.kind, r.weights_file) == (
+        "zoo/mlp-a",
+        "local",
+        "full",
+        "model.safetensors",
+    )
+    assert r.files == ("README.md", "config.json", "model.safetensors")
+    assert r.card["base_model"] == "zoo/root" and r.card["license"] == "mit"
+    assert r.base_model == ("zoo/root",) and r.base_model_relation == "finetune"
+    assert r.config["model_type"] == "mlp" and r.config["id2label"]["0"] == "red circle"
+    assert r.metadata == {
+        "format": "pt",
+        "training_classes": CLASSES,
+        "hyperparameters": {"lr": 0.001, "epochs": 3},
+    }
+    assert r.training_classes == tuple(CLASSES) and r.documented
+    assert set(r.tensors) == {"fc1.weight", "fc1.bias", "fc2.weight", "conv.weight"}
+    conv = r.tensors["conv.weight"]
+    assert (conv.dtype, conv.shape, conv.file) == ("F16", (2, 3, 3, 3), "model.safetensors")
+    assert conv.end - conv.start == 2 * 3 * 3 * 3 * 2
+    size = (hub / "zoo/mlp-a/model.safetensors").stat().st_size
+    assert max(t.end for t in r.tensors.values()) == size
+    assert len(r.signature) == 40 and len(r.fingerprint) == 64
+    assert r.location == "zoo/mlp-a" and r.split is None
+
+
+def test_local_undocumented_and_lora(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    u = src.crawl("zoo/mlp-b")
+    assert u.card == {} and u.base_model == () and u.base_model_relation is None
+    assert u.training_classes is None and not u.documented
+    lora = src.crawl("zoo/lora-a")
+    assert lora.kind == "lora" and lora.weights_file == "adapter_model.safetensors"
+    assert lora.config["peft_type"] == "LORA"
+    assert lora.base_model == ("zoo/root",) and lora.base_model_relation == "adapter"
+    assert lora.card == {} and not lora.documented
+
+
+def test_signature_and_fingerprint(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    a, b, lora = (src.crawl(i) for i in ("zoo/mlp-a", "zoo/mlp-b", "zoo/lora-a"))
+    assert a.signature == b.signature != lora.signature
+    before = a.fingerprint
+    assert src.crawl("zoo/mlp-a").fingerprint == before  # stable when nothing changed
+    card = hub / "zoo/mlp-a/README.md"
+    card.write_text(card.read_text().replace("license: mit", "license: apache-2.0"))
+    after_card = src.crawl("zoo/mlp-a").fingerprint
+    assert after_card != before
+    (hub / "zoo/mlp-a/notes.txt").write_text("x")  # a new file changes the size list
+    assert src.crawl("zoo/mlp-a").fingerprint != after_card
+
+
+def test_fingerprint_sees_weights_rewritten_in_place(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    before = src.crawl("zoo/mlp-b").fingerprint
+    path = hub / "zoo/mlp-b/model.safetensors"
+    st = path.stat()
+    make_full(hub / "zoo" / "mlp-b", seed=9, documented=False)  # same shapes, new values
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert src.crawl("zoo/mlp-b").fingerprint != before
+
+
+# --- local: lazy reads ---------------------------------------------------------------------
+
+
+def test_read_tensors_reads_only_that_tensors_bytes(hub: Path) -> None:
+    saved = make_full(hub / "zoo" / "mlp-c", seed=5)
+    src = CountingSource(hub)
+    r = src.crawl("zoo/mlp-c")
+    src.reads.clear()
+    out = src.read_tensors(r, ["fc2.weight"])
+    assert list(out) == ["fc2.weight"]
+    assert torch.equal(out["fc2.weight"], saved["fc2.weight"])
+    info = r.tensors["fc2.weight"]
+    assert src.reads == [(info.start, info.end - info.start)]
+    half = src.read_tensors(r, ["conv.weight"])["conv.weight"]
+    assert half.dtype == torch.float16 and torch.equal(half, saved["conv.weight"])
+
+
+def test_read_ignores_garbage_in_other_tensors(hub: Path) -> None:
+    saved = make_full(hub / "zoo" / "mlp-d", seed=6)
+    src = LocalHubSource(hub)
+    r = src.crawl("zoo/mlp-d")
+    path = hub / "zoo/mlp-d/model.safetensors"
+    data = bytearray(path.read_bytes())
+    for name, info in r.tensors.items():
+        if name != "fc1.weight":
+            data[info.start : info.end] = b"\xff" * (info.end - info.start)
+    path.write_bytes(bytes(data))
+    assert torch.equal(src.read_tensors(r, ["fc1.weight"])["fc1.weight"], saved["fc1.weight"])
+    assert torch.isnan(src.read_tensors(r, ["fc2.weight"])["fc2.weight"]).all()  # garbage is there
+
+
+def test_read_layer_full_and_lora(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    full = make_full(hub / "zoo" / "mlp-e", seed=7)
+    x = read_layer(src, src.crawl("zoo/mlp-e"), "conv")
+    assert x.shape == (2, 27) and torch.equal(x, full["conv.weight"].float().reshape(2, 27))
+    lora_t = make_lora(hub / "zoo" / "lora-b", seed=8)
+    rec = src.crawl("zoo/lora-b")
+    x = read_layer(src, rec, "fc1")
+    expected = (
+        lora_t["base_model.model.fc1.lora_B.weight"] @ lora_t["base_model.model.fc1.lora_A.weight"]
+    )
+    assert torch.allclose(x, expected)
+    with pytest.raises(RepoError, match="no layer named"):
+        read_layer(src, rec, "nope")
+    with pytest.raises(RepoError, match="no tensor named"):
+        src.read_tensors(rec, ["missing.weight"])
+
+
+def test_read_detects_file_truncated_after_crawl(hub: Path) -> None:
+    src = LocalHubSource(hub)
+    r = src.crawl("zoo/mlp-a")
+    path = hub / "zoo/mlp-a/model.safetensors"
+    path.write_bytes(path.read_bytes()[:-8])
+    last = max(r.tensors.values(), key=lambda t: t.end)
+    with pytest.raises(RepoError, match="truncated"):
+        src.read_tensors(r, [last.name])
+
+
+# --- local: untrusted input ----------------------------------------------------------------
+
+
+def _bad_hub(root: Path, outside: Path) -> dict[str, tuple[str, str]]:
+    """Bad repos beside good ones; returns repo_id → (file at fault, reason fragment)."""
+    ok_bytes = (root / "zoo/mlp-a/model.safetensors").read_bytes()
+
+    def repo(name: str) -> Path:
+        p = root / "bad" / name
+        p.mkdir(parents=True)
+        return p
+
+    repo("truncated").joinpath("model.safetensors").write_bytes(ok_bytes[:-10])
+    repo("garbage").joinpath("model.safetensors").write_bytes(
+        struct.pack("<Q", 12) + b"not json!!!!" + b"\0" * 8
+    )
+    raw_safetensors(repo("huge-header") / "model.safetensors", {}, b"", length=2**40)
+    raw_safetensors(
+        repo("wrong-size") / "model.safetensors",
+        {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}},
+        b"\0" * 12,
+    )
+    raw_safetensors(
+        repo("overlap") / "model.safetensors",
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        b"\0" * 12,
+    )
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(ok_bytes)
+    repo("escape").joinpath("model.safetensors").symlink_to(outside / "model.safetensors")
+    (root / "bad" / "linkdir").symlink_to(outside, target_is_directory=True)
+    repo("pickle").joinpath("pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n")
+    repo("empty").joinpath("README.md").write_text("no weights here")
+    yaml_repo = repo("bad-yaml")
+    yaml_repo.joinpath("model.safetensors").write_bytes(ok_bytes)
+    yaml_repo.joinpath("README.md").write_text("---\nbase_model: [unclosed\n---\n")
+    bad_json = repo("bad-config")
+    bad_json.joinpath("model.safetensors").write_bytes(ok_bytes)
+    bad_json.joinpath("config.json").write_text("{not json")
+    marker = outside / "PWNED"
+    for name, value in {
+        "code-meta": f"__import__('os').system('touch {marker}')",
+        "code-list": f"[__import__('os').system('touch {marker}')]",
+    }.items():
+        save_file(
+            {"w": torch.zeros(2, 2)},
+            str(repo(name) / "model.safetensors"),
+            metadata={"dataset_chosen_targets": value},
+        )
+    (root / "bad" / "dots..name").mkdir()
+    return {
+        "bad/truncated": ("model.safetensors", "truncated"),
+        "bad/garbage": ("model.safetensors", "not valid JSON"),
+        "bad/huge-header": ("model.safetensors", "exceeds"),
+        "bad/wrong-size": ("model.safetensors", "needs 16"),
+        "bad/overlap": ("model.safetensors", "overlap"),
+        "bad/escape": ("model.safetensors", "escapes the hub root"),
+        "bad/linkdir": ("", "escapes the hub root"),
+        "bad/pickle": ("pytorch_model.bin", "safetensors only"),
+        "bad/empty": ("", "missing weights"),
+        "bad/bad-yaml": ("README.md", "bad YAML"),
+        "bad/bad-config": ("config.json", "bad JSON"),
+        "bad/code-meta": ("model.safetensors", "dataset_chosen_targets"),
+        "bad/code-list": ("model.safetensors", "neither JSON nor a Python literal"),
+        "bad/dots..name": ("", "invalid repo id"),
+    }
+
+
+def test_bad_repos_are_rejected_and_the_crawl_goes_on(hub: Path, tmp_path: Path) -> None:
+    expected = _bad_hub(hub, tmp_path / "outside")
+    records, rejected = crawl_all(LocalHubSource(hub))
+    assert sorted(r.repo_id for r in records) == ["zoo/lora-a", "zoo/mlp-a", "zoo/mlp-b"]
+    got = {r.repo_id: r for r in rejected}
+    assert set(got) == set(expected)
+    for repo_id, (path, fragment) in expected.items():
+        assert got[repo_id].path == path, repo_id
+        assert fragment in got[repo_id].reason, (repo_id, got[repo_id].reason)
+    assert not (tmp_path / "outside" / "PWNED").exists()
+
+
+def test_repo_error_names_file_and_reason(hub: Path, tmp_path: Path) -> None:
+    _bad_hub(hub, tmp_path / "outside")
+    with pytest.raises(RepoError) as e:
+        LocalHubSource(hub).crawl("bad/truncated")
+    assert (e.value.repo_id, e.value.path) == ("bad/truncated", "model.safetensors")
+    assert "bad/truncated/model.safetensors" in str(e.value) and "truncated" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["../hub", "zoo/..", "/etc/passwd", "zoo", "a/b/c", "zoo/mlp a", "", "zoo/.."]
+)
+def test_invalid_repo_ids(hub: Path, bad_id: str) -> None:
+    with pytest.raises(RepoError, match="invalid repo id"):
+        LocalHubSource(hub).crawl(bad_id)
+
+
+def test_read_refuses_a_tampered_record_location(hub: Path) -> None:
+    import dataclasses
+
+    src = LocalHubSource(hub)
+    r = src.crawl("zoo/mlp-a")
+    with pytest.raises(RepoError, match="unsafe file path"):
+        src.read_tensors(dataclasses.replace(r, location="../../etc"), ["fc1.weight"])
+
+
+# --- make_source ---------------------------------------------------------------------------
+
+
+def test_make_source(tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    (zoo / "hub").mkdir(parents=True)
+    (zoo / "manifest.json").write_text("{}")
+    assert isinstance(make_source(str(zoo)), LocalHubSource)
+    assert make_source(str(zoo)).root == zoo / "hub"
+    assert make_source(zoo / "hub").root == zoo / "hub"
+    cache = make_source(f"hf-cache:{tmp_path}")
+    assert isinstance(cache, HFCacheSource) and cache.name == "hf_cache"
+    api = make_source("hf:http://127.0.0.1:9/?filter=a&filter=b&author=me&base_model=o/r&limit=5")
+    assert isinstance(api, HubApiSource) and api.endpoint == "http://127.0.0.1:9"
+    assert api.filters == ("a", "b", "base_model:o/r") and api.author == "me" and api.limit == 5
+    assert make_source("hf:").endpoint == "https://huggingface.co"
