@@ -396,3 +396,198 @@ def test_make_source(tmp_path: Path) -> None:
     assert isinstance(api, HubApiSource) and api.endpoint == "http://127.0.0.1:9"
     assert api.filters == ("a", "b", "base_model:o/r") and api.author == "me" and api.limit == 5
     assert make_source("hf:").endpoint == "https://huggingface.co"
+
+
+# --- Hugging Face cache (with Model-J layouts) ---------------------------------------------
+
+LORA_LAYER = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
+
+
+def _cache_file(cache: Path, folder: str, rev: str, rel: str, data: bytes) -> None:
+    """Store a file the way huggingface_hub does: content blob + snapshot symlink."""
+    import hashlib
+
+    blob = cache / folder / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    link = cache / folder / "snapshots" / rev / rel
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+def _st_bytes(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    path = tmp / "scratch.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    return path.read_bytes()
+
+
+def _model_j_full(
+    cache: Path, tmp: Path, idx: int, classes_literal: str
+) -> dict[str, torch.Tensor]:
+    folder = f"models--ProbeX--Model-J__SupViT__model_idx_{idx:04d}"
+    g = torch.Generator().manual_seed(idx)
+    tensors = {
+        "vit.encoder.layer.0.attention.output.dense.weight": torch.randn(6, 6, generator=g),
+        "classifier.weight": torch.randn(4, 6, generator=g),
+    }
+    meta = {"dataset_chosen_targets": classes_literal, "lr": "0.0003", "seed": str(idx)}
+    old, new = "a" * 40, "b" * 40
+    # an older snapshot with other weights: refs/main must win even though it is touched last
+    _cache_file(cache, folder, new, "model.safetensors", _st_bytes(tmp, tensors, meta))
+    _cache_file(
+        cache,
+        folder,
+        new,
+        "README.md",
+        b"---\nbase_model: google/vit-base-patch16-224-in21k\n---\n",
+    )
+    _cache_file(cache, folder, new, "config.json", b'{"model_type": "vit"}')
+    _cache_file(cache, folder, old, "model.safetensors", _st_bytes(tmp, {"x": torch.zeros(1)}, {}))
+    (cache / folder / "refs").mkdir()
+    (cache / folder / "refs" / "main").write_text(new)
+    os.utime(cache / folder / "snapshots" / old, ns=(2**62, 2**62))
+    return tensors
+
+
+def _model_j_lora(
+    cache: Path, tmp: Path, folder: str, rel: str, seed: int, class_id: str | None
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        f"{LORA_LAYER}.lora.down.weight": torch.randn(4, 10, generator=g),  # A: r × d_in
+        f"{LORA_LAYER}.lora.up.weight": torch.randn(12, 4, generator=g),  # B: d_out × r
+    }
+    meta = {"imagenet_class_id": class_id} if class_id else {}
+    rev = "c" * 40
+    _cache_file(
+        cache, folder, rev, f"{rel}/pytorch_lora_weights.safetensors", _st_bytes(tmp, tensors, meta)
+    )
+    (cache / folder / "refs").mkdir(exist_ok=True)
+    (cache / folder / "refs" / "main").write_text(rev)
+    return tensors
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
+    root = tmp_path / "hf_home" / "hub"
+    root.mkdir(parents=True)
+    saved = {
+        "ProbeX/Model-J__SupViT__model_idx_0001": _model_j_full(
+            root, tmp_path, 1, "['apple', 'aquarium_fish']"
+        ),
+        "ProbeX/Model-J__SupViT__model_idx_0002": _model_j_full(
+            root, tmp_path, 2, '["bear", "beaver"]'
+        ),
+    }
+    sd200 = "models--ProbeX--Model-J__SD_200"
+    saved["ProbeX/Model-J__SD_200__train__model_idx_0000"] = _model_j_lora(
+        root, tmp_path, sd200, "train/model_idx_0000", 10, "n01440764"
+    )
+    saved["ProbeX/Model-J__SD_200__val_holdout__model_idx_0007"] = _model_j_lora(
+        root, tmp_path, sd200, "val_holdout/model_idx_0007", 11, "n01443537"
+    )
+    saved["ProbeX/Model-J__SD_1k__test__model_idx_0003"] = _model_j_lora(
+        root, tmp_path, "datasets--ProbeX--Model-J", "SD_1k/test/model_idx_0003", 12, None
+    )
+    return root, saved
+
+
+def test_fixture_is_a_real_hf_cache(cache: tuple[Path, dict]) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(cache[0])
+    assert not info.warnings
+    assert {r.repo_id for r in info.repos} >= {
+        "ProbeX/Model-J__SupViT__model_idx_0001",
+        "ProbeX/Model-J__SD_200",
+    }
+
+
+def test_hf_cache_lists_model_j_repos_and_lora_models(cache: tuple[Path, dict]) -> None:
+    root, saved = cache
+    src = HFCacheSource(root.parent)  # HF_HOME works as well as the hub folder itself
+    assert src.root == root
+    assert sorted(src.list_repos()) == sorted(saved)
+
+
+def test_hf_cache_model_j_full(cache: tuple[Path, dict]) -> None:
+    root, saved = cache
+    src = HFCacheSource(root)
+    records, rejected = crawl_all(src)
+    assert rejected == []
+    by_id = {r.repo_id: r for r in records}
+    r = by_id["ProbeX/Model-J__SupViT__model_idx_0001"]
+    assert (r.source, r.kind, r.revision, r.split) == ("hf_cache", "full", "b" * 40, None)
+    assert r.files == ("README.md", "config.json", "model.safetensors")
+    assert r.training_classes == ("apple", "aquarium_fish") and r.documented
+    assert r.metadata == {
+        "dataset_chosen_targets": ["apple", "aquarium_fish"],
+        "lr": 0.0003,
+        "seed": 1,
+    }
+    assert r.base_model == ("google/vit-base-patch16-224-in21k",) and r.config == {
+        "model_type": "vit"
+    }
+    assert by_id["ProbeX/Model-J__SupViT__model_idx_0002"].training_classes == ("bear", "beaver")
+    name = "vit.encoder.layer.0.attention.output.dense.weight"
+    got = src.read_tensors(r, [name])
+    assert torch.equal(got[name], saved[r.repo_id][name])
+    assert r.signature == by_id["ProbeX/Model-J__SupViT__model_idx_0002"].signature
+    assert r.fingerprint != by_id["ProbeX/Model-J__SupViT__model_idx_0002"].fingerprint
+
+
+def test_hf_cache_model_j_lora_layout(cache: tuple[Path, dict]) -> None:
+    root, saved = cache
+    src = HFCacheSource(root)
+    r = src.crawl("ProbeX/Model-J__SD_200__val_holdout__model_idx_0007")
+    assert (r.kind, r.split, r.weights_file) == (
+        "lora",
+        "val_holdout",
+        "pytorch_lora_weights.safetensors",
+    )
+    assert r.training_classes == ("n01443537",) and r.documented
+    assert r.files == ("pytorch_lora_weights.safetensors",)
+    t = saved[r.repo_id]
+    x = read_layer(src, r, LORA_LAYER)
+    assert x.shape == (12, 10)
+    assert torch.allclose(
+        x, t[f"{LORA_LAYER}.lora.up.weight"] @ t[f"{LORA_LAYER}.lora.down.weight"]
+    )
+    undocumented = src.crawl("ProbeX/Model-J__SD_1k__test__model_idx_0003")
+    assert undocumented.split == "test" and undocumented.extra == {"subset": "SD_1k"}
+    assert undocumented.training_classes is None and not undocumented.documented
+    fresh = HFCacheSource(root)  # crawl without listing first
+    assert fresh.crawl(r.repo_id).fingerprint == r.fingerprint
+
+
+def test_hf_cache_rejects_escaping_blob_and_code_metadata(
+    cache: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root, _ = cache
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(_st_bytes(tmp_path, {"w": torch.zeros(2)}, {}))
+    snap = root / "models--evil--escape" / "snapshots" / ("d" * 40)
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(outside)
+    marker = tmp_path / "PWNED"
+    _cache_file(
+        root,
+        "models--evil--code",
+        "e" * 40,
+        "model.safetensors",
+        _st_bytes(
+            tmp_path,
+            {"w": torch.zeros(2)},
+            {"dataset_chosen_targets": f"['a', __import__('os').system('touch {marker}')]"},
+        ),
+    )
+    _cache_file(root, "models--evil--pickle", "f" * 40, "pytorch_model.bin", b"\x80\x04.")
+    records, rejected = crawl_all(HFCacheSource(root))
+    got = {r.repo_id: r for r in rejected}
+    assert set(got) == {"evil/escape", "evil/code", "evil/pickle"}
+    assert got["evil/escape"].path == "model.safetensors" and "escapes" in got["evil/escape"].reason
+    assert "nor a Python literal" in got["evil/code"].reason
+    assert got["evil/pickle"].path == "pytorch_model.bin"
+    assert len(records) == 5 and not marker.exists()
+    with pytest.raises(RepoError, match="not in the cache"):
+        HFCacheSource(root).crawl("nobody/nothing")

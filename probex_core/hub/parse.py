@@ -181,7 +181,10 @@ def decode_metadata_value(repo_id: str, path: str, key: str, value: str) -> Any:
         return _jsonable(ast.literal_eval(s))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
         raise RepoError(
-            repo_id, path, f"metadata {key!r} is neither JSON nor a Python literal ({e})"
+            repo_id,
+            path,
+            # the exception text can hold memory addresses; keep reasons stable across runs
+            f"metadata {key!r} is neither JSON nor a Python literal ({type(e).__name__})",
         ) from None
 
 
