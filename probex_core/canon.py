@@ -100,7 +100,10 @@ def find_layers(
         layer, b_name = pair
         a_shape, b_shape = tensor_shapes[name], tensor_shapes[b_name]
         layers[layer] = LayerSpec(
-            name=layer, kind="lora", tensors=(name, b_name), shape=(int(b_shape[0]), _matrix_shape(a_shape)[1])
+            name=layer,
+            kind="lora",
+            tensors=(name, b_name),
+            shape=(int(b_shape[0]), _matrix_shape(a_shape)[1]),
         )
         used.update((name, b_name))
     for name in sorted(tensor_shapes):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from importlib import resources
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import duckdb
