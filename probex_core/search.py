@@ -1,0 +1,404 @@
+"""Text → model search: rank stored model embeddings by cosine similarity to a text vector.
+
+Each model's embedding lives in the shared weight-language space (the zero-shot head maps
+weights there), and is computed once when its prediction is materialised; searching never
+re-reads weights. Three routes to the same ranking:
+- `SearchIndex`: exact — one normalised matmul plus `argpartition`. At 100 k × 384 this is a
+  few milliseconds, so it is the default.
+- `IVFIndex`: approximate — a spherical k-means coarse quantizer, probing the `n_probe` lists
+  whose centroids are closest to the query. For hubs far past 100 k; its recall is measured
+  against the exact index (`recall_at_k`, `probex bench search`).
+- SQL: `SEARCH_MODELS_SQL` over the catalog's `embeddings` view, so the ranking is reachable
+  from DuckDB without Python.
+
+Indexes save to one safetensors file (vectors and list layout) whose metadata holds the repo
+ids, tree ids and documented flags as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+# Ranks the catalog's `embeddings` view (repo_id, tree_id, encoder, embedding FLOAT[],
+# documented) by cosine similarity to a bound text vector. Parameters, in order: the text
+# vector (FLOAT[]), the encoder name, the tree id twice (NULL for all trees), k.
+SEARCH_MODELS_SQL = """\
+SELECT repo_id, tree_id, list_cosine_similarity(embedding, ?::FLOAT[]) AS score, documented
+FROM embeddings
+WHERE encoder = ? AND (?::VARCHAR IS NULL OR tree_id = ?)
+ORDER BY score DESC, repo_id
+LIMIT ?
+"""
+
+
+class SearchHit(NamedTuple):
+    """One ranked model."""
+
+    repo_id: str
+    tree_id: str | None
+    score: float  # cosine similarity between the text vector and the model's embedding
+    documented: bool | None  # None when the index was built without documented flags
+
+
+def _as_matrix(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest scores, best first (ties: lower position first)."""
+    if k <= 0 or scores.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < scores.size:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(scores.size)
+    return part[np.lexsort((part, -scores[part]))]
+
+
+class SearchIndex:
+    """Exact cosine search over model embeddings (N, D), optionally restricted to one tree.
+
+    Rows are stored grouped by tree, so a tree filter is a contiguous slice, not a gather.
+    """
+
+    kind = "exact"
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        repo_ids: Sequence[str],
+        tree_ids: Sequence[str | None] | None = None,
+        documented: Sequence[bool] | None = None,
+    ) -> None:
+        emb = _normalise_rows(_as_matrix(embeddings))
+        n = emb.shape[0]
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be (N, D), got {emb.shape}")
+        trees = list(tree_ids) if tree_ids is not None else [None] * n
+        docs = list(documented) if documented is not None else None
+        if len(repo_ids) != n or len(trees) != n or (docs is not None and len(docs) != n):
+            raise ValueError("embeddings, repo_ids, tree_ids and documented differ in length")
+        if len(set(repo_ids)) != n:
+            raise ValueError("repo_ids must be unique")
+        tree_key = np.array(["" if t is None else str(t) for t in trees])
+        order = np.argsort(tree_key, kind="stable") if n else np.zeros(0, dtype=np.int64)
+        self._set(
+            emb[order],
+            [repo_ids[i] for i in order],
+            [trees[i] for i in order],
+            None if docs is None else [bool(docs[i]) for i in order],
+        )
+
+    def _set(
+        self,
+        emb: np.ndarray,
+        repo_ids: list[str],
+        tree_ids: list[str | None],
+        documented: list[bool] | None,
+    ) -> None:
+        """Adopt arrays already in stored order (also the load path: no re-sorting)."""
+        self._emb = np.ascontiguousarray(emb, dtype=np.float32)
+        self.repo_ids = repo_ids
+        self.tree_ids = tree_ids
+        self.documented = documented
+        self._tree_rows: dict[str | None, np.ndarray] = {}
+        for i, t in enumerate(tree_ids):
+            self._tree_rows.setdefault(t, []).append(i)  # type: ignore[arg-type]
+        self._tree_rows = {t: np.asarray(r, dtype=np.int64) for t, r in self._tree_rows.items()}
+
+    def __len__(self) -> int:
+        return self._emb.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self._emb.shape[1]
+
+    @property
+    def trees(self) -> list[str | None]:
+        return list(self._tree_rows)
+
+    def _query(self, text_vec: np.ndarray | torch.Tensor) -> np.ndarray:
+        q = _as_matrix(text_vec).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"text vector has width {q.shape[0]}, index has {self.dim}")
+        return _normalise_rows(q)
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
+        return [
+            SearchHit(
+                self.repo_ids[r],
+                self.tree_ids[r],
+                float(s),
+                None if self.documented is None else self.documented[r],
+            )
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def _exact_rows(self, q: np.ndarray, rows: np.ndarray | None, k: int) -> list[SearchHit]:
+        if rows is None:
+            scores = self._emb @ q
+            top = _top_k(scores, k)
+            return self._hits(top, scores[top])
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo == rows.size:  # contiguous: slice, no copy
+            scores = self._emb[lo:hi] @ q
+            top = _top_k(scores, k)
+            return self._hits(top + lo, scores[top])
+        scores = self._emb[rows] @ q
+        top = _top_k(scores, k)
+        return self._hits(rows[top], scores[top])
+
+    def search(
+        self, text_vec: np.ndarray | torch.Tensor, k: int = 10, tree: str | None = None
+    ) -> list[SearchHit]:
+        """The k models most similar to `text_vec`, best first; only `tree`'s if given."""
+        q = self._query(text_vec)
+        if tree is None:
+            return self._exact_rows(q, None, k)
+        rows = self._tree_rows.get(tree)
+        return [] if rows is None else self._exact_rows(q, rows, k)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"embeddings": self._emb}
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file: vectors as tensors, ids and flags as JSON metadata."""
+        meta = {
+            "format": "np",
+            "kind": self.kind,
+            "repo_ids": json.dumps(self.repo_ids),
+            "tree_ids": json.dumps(self.tree_ids),
+            "documented": json.dumps(self.documented),
+            "params": json.dumps(self._params()),
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(self._arrays(), str(path), metadata=meta)
+
+
+class IVFIndex(SearchIndex):
+    """Approximate search: inverted lists under a spherical k-means coarse quantizer.
+
+    A query scores the `n_list` centroids, then only the rows of the `n_probe` best lists.
+    With a tree filter, a small tree is searched exactly (cheaper than probing); a large one
+    is probed and filtered, falling back to exact when fewer than k of its rows were probed.
+    """
+
+    kind = "ivf"
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        repo_ids: Sequence[str],
+        tree_ids: Sequence[str | None] | None = None,
+        documented: Sequence[bool] | None = None,
+        *,
+        n_lists: int | None = None,  # default ≈ √N
+        n_probe: int = 8,
+        n_iter: int = 10,
+        train_size: int = 64 * 1024,  # k-means is fitted on at most this many rows
+        seed: int = 0,
+    ) -> None:
+        super().__init__(embeddings, repo_ids, tree_ids, documented)
+        n = len(self)
+        n_lists = max(1, min(n, n_lists or round(math.sqrt(n))))
+        rng = np.random.default_rng(seed)
+        train = self._emb[rng.choice(n, min(n, train_size), replace=False)] if n else self._emb
+        centroids = spherical_kmeans(train, n_lists, n_iter=n_iter, seed=seed)
+        assign = _nearest(self._emb, centroids)
+        order = np.argsort(assign, kind="stable")
+        offsets = np.searchsorted(assign[order], np.arange(n_lists + 1)).astype(np.int64)
+        self._set_ivf(
+            self._emb[order],
+            [self.repo_ids[i] for i in order],
+            [self.tree_ids[i] for i in order],
+            None if self.documented is None else [self.documented[i] for i in order],
+            centroids,
+            offsets,
+            n_probe,
+        )
+
+    def _set_ivf(
+        self,
+        emb: np.ndarray,
+        repo_ids: list[str],
+        tree_ids: list[str | None],
+        documented: list[bool] | None,
+        centroids: np.ndarray,
+        offsets: np.ndarray,
+        n_probe: int,
+    ) -> None:
+        self._set(emb, repo_ids, tree_ids, documented)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.offsets = offsets.astype(np.int64)
+        self.n_probe = n_probe
+        codes = {t: i for i, t in enumerate(self._tree_rows)}
+        self._tree_code = np.array([codes[t] for t in tree_ids], dtype=np.int32)
+        self._tree_index = codes
+
+    @property
+    def n_lists(self) -> int:
+        return self.centroids.shape[0]
+
+    def _probe(self, q: np.ndarray, n_probe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of every row in the n_probe lists nearest to q."""
+        lists = _top_k(self.centroids @ q, n_probe)
+        rows, scores = [], []
+        for lst in lists.tolist():
+            lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            if hi > lo:
+                rows.append(np.arange(lo, hi))
+                scores.append(self._emb[lo:hi] @ q)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return np.concatenate(rows), np.concatenate(scores)
+
+    def search(
+        self,
+        text_vec: np.ndarray | torch.Tensor,
+        k: int = 10,
+        tree: str | None = None,
+        n_probe: int | None = None,
+    ) -> list[SearchHit]:
+        q = self._query(text_vec)
+        n_probe = n_probe or self.n_probe
+        tree_rows = None
+        if tree is not None:
+            tree_rows = self._tree_rows.get(tree)
+            if tree_rows is None:
+                return []
+            expected_probed = n_probe * len(self) / max(self.n_lists, 1)
+            if tree_rows.size <= 4 * expected_probed:
+                return self._exact_rows(q, tree_rows, k)
+        rows, scores = self._probe(q, n_probe)
+        if tree is not None:
+            keep = self._tree_code[rows] == self._tree_index[tree]
+            rows, scores = rows[keep], scores[keep]
+        if rows.size < min(k, len(self) if tree_rows is None else tree_rows.size):
+            return self._exact_rows(q, tree_rows, k)
+        top = _top_k(scores, k)
+        return self._hits(rows[top], scores[top])
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"embeddings": self._emb, "centroids": self.centroids, "offsets": self.offsets}
+
+    def _params(self) -> dict[str, Any]:
+        return {"n_probe": self.n_probe}
+
+
+def spherical_kmeans(x: np.ndarray, n: int, n_iter: int = 10, seed: int = 0) -> np.ndarray:
+    """(n, D) unit centroids of unit rows x, by Lloyd iterations on cosine similarity.
+
+    An emptied cluster is re-seeded with a random row, so all n lists stay in use.
+    """
+    rng = np.random.default_rng(seed)
+    if x.shape[0] == 0:
+        return np.zeros((n, x.shape[1]), dtype=np.float32)
+    c = x[rng.choice(x.shape[0], n, replace=x.shape[0] < n)].copy()
+    for _ in range(n_iter):
+        assign = _nearest(x, c)
+        order = np.argsort(assign, kind="stable")
+        counts = np.bincount(assign, minlength=n)
+        present = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+        c_new = c.copy()
+        c_new[present] = np.add.reduceat(x[order], starts, axis=0)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            c_new[empty] = x[rng.choice(x.shape[0], empty.size)]
+        c = _normalise_rows(c_new)
+    return c.astype(np.float32)
+
+
+def _nearest(x: np.ndarray, c: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Index of the most similar centroid for each row, in chunks to bound memory."""
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for i in range(0, x.shape[0], chunk):
+        out[i : i + chunk] = np.argmax(x[i : i + chunk] @ c.T, axis=1)
+    return out
+
+
+def load_index(path: str | Path) -> SearchIndex:
+    """Load a `SearchIndex` or `IVFIndex` written by `.save`, exactly as it was (no re-clustering)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+    arrays = load_file(str(path))
+    repo_ids = json.loads(meta["repo_ids"])
+    tree_ids = json.loads(meta["tree_ids"])
+    documented = json.loads(meta["documented"])
+    params = json.loads(meta["params"])
+    kind = meta.get("kind")
+    if kind == SearchIndex.kind:
+        index = SearchIndex.__new__(SearchIndex)
+        index._set(arrays["embeddings"], repo_ids, tree_ids, documented)
+        return index
+    if kind == IVFIndex.kind:
+        ivf = IVFIndex.__new__(IVFIndex)
+        ivf._set_ivf(
+            arrays["embeddings"],
+            repo_ids,
+            tree_ids,
+            documented,
+            arrays["centroids"],
+            arrays["offsets"],
+            int(params["n_probe"]),
+        )
+        return ivf
+    raise ValueError(f"{path}: unknown index kind {kind!r}")
+
+
+def recall_at_k(
+    approx: SearchIndex,
+    exact: SearchIndex,
+    queries: np.ndarray | torch.Tensor,
+    k: int = 10,
+    tree: str | None = None,
+    **search_kwargs: Any,
+) -> float:
+    """Mean fraction of the exact top-k that the approximate index also returns."""
+    q = _as_matrix(queries)
+    found = 0
+    total = 0
+    for row in q:
+        truth = {h.repo_id for h in exact.search(row, k, tree=tree)}
+        got = {h.repo_id for h in approx.search(row, k, tree=tree, **search_kwargs)}
+        found += len(truth & got)
+        total += len(truth)
+    return found / max(total, 1)
+
+
+def search_models_sql() -> str:
+    """The DuckDB statement behind `probex search` (destined for sql/search_models.sql)."""
+    return SEARCH_MODELS_SQL
+
+
+def search_models_duckdb(
+    con: Any,
+    text_vec: np.ndarray | torch.Tensor,
+    encoder: str,
+    k: int = 10,
+    tree: str | None = None,
+) -> list[SearchHit]:
+    """Run `SEARCH_MODELS_SQL` on a DuckDB connection that has an `embeddings` view."""
+    q = _as_matrix(text_vec).reshape(-1).tolist()
+    rows = con.execute(SEARCH_MODELS_SQL, [q, encoder, tree, tree, k]).fetchall()
+    return [SearchHit(r, t, float(s), None if d is None else bool(d)) for r, t, s, d in rows]

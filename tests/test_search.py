@@ -1,0 +1,160 @@
+"""Text → model search: exact, IVF, tree filter, save/load, and the DuckDB SQL route."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from probex_core.search import (
+    IVFIndex,
+    SearchIndex,
+    load_index,
+    recall_at_k,
+    search_models_duckdb,
+    search_models_sql,
+    spherical_kmeans,
+)
+
+
+def clustered(n: int, d: int, n_clusters: int, noise: float, seed: int = 0):
+    """Unit vectors around random cluster centres — models of one class sit close together."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, n_clusters, n)
+    x = centres[labels] + noise * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), centres, labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, centres, labels = clustered(4000, 64, 40, noise=0.8)
+    repo_ids = [f"org/m{i:05d}" for i in range(len(x))]
+    trees = [f"tree{i % 3}" for i in range(len(x))]
+    documented = [i % 5 != 0 for i in range(len(x))]
+    return x, centres, repo_ids, trees, documented
+
+
+def brute_force(x, repo_ids, q, k, keep=None):
+    scored = []
+    for i, row in enumerate(x):
+        if keep is None or keep[i]:
+            scored.append((-float(np.dot(row, q) / np.linalg.norm(q)), repo_ids[i]))
+    scored.sort()
+    return [r for _, r in scored[:k]]
+
+
+def test_exact_matches_brute_force(data):
+    x, _, repo_ids, trees, documented = data
+    index = SearchIndex(torch.from_numpy(x * 3.0), repo_ids, trees, documented)  # scale-free
+    rng = np.random.default_rng(1)
+    for q in rng.standard_normal((5, x.shape[1])).astype(np.float32):
+        hits = index.search(q, k=10)
+        assert [h.repo_id for h in hits] == brute_force(x, repo_ids, q, 10)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        i = repo_ids.index(hits[0].repo_id)
+        assert hits[0].tree_id == trees[i] and hits[0].documented == documented[i]
+        assert hits[0].score == pytest.approx(float(x[i] @ q / np.linalg.norm(q)), abs=1e-5)
+
+
+def test_tree_filter(data):
+    x, _, repo_ids, trees, documented = data
+    q = np.random.default_rng(2).standard_normal(x.shape[1]).astype(np.float32)
+    keep = [t == "tree1" for t in trees]
+    for index in (SearchIndex(x, repo_ids, trees, documented), IVFIndex(x, repo_ids, trees)):
+        hits = index.search(q, k=10, tree="tree1")
+        assert {h.tree_id for h in hits} == {"tree1"}
+        assert [h.repo_id for h in hits] == brute_force(x, repo_ids, q, 10, keep)
+        assert index.search(q, k=10, tree="no-such-tree") == []
+
+
+def test_ivf_tree_filter_on_a_large_tree_probes_and_filters(data):
+    x, centres, repo_ids, trees, _ = data
+    exact = SearchIndex(x, repo_ids, trees)
+    ivf = IVFIndex(x, repo_ids, trees, n_lists=64, n_probe=3)  # tree1 is too big to scan
+    queries = centres[:20]
+    for q in queries:
+        hits = ivf.search(q, k=10, tree="tree1")
+        assert len(hits) == 10 and {h.tree_id for h in hits} == {"tree1"}
+    assert recall_at_k(ivf, exact, queries, k=10, tree="tree1") >= 0.8
+
+
+def test_k_larger_than_index_and_no_metadata():
+    x, _, _ = clustered(7, 8, 2, 0.5)
+    index = SearchIndex(x, [f"r{i}" for i in range(7)])
+    hits = index.search(x[3], k=50)
+    assert len(hits) == 7 and hits[0].repo_id == "r3"
+    assert hits[0].tree_id is None and hits[0].documented is None
+
+
+def test_bad_inputs_are_rejected(data):
+    x, _, repo_ids, _, _ = data
+    with pytest.raises(ValueError, match="length"):
+        SearchIndex(x, repo_ids[:-1])
+    with pytest.raises(ValueError, match="unique"):
+        SearchIndex(x[:2], ["a", "a"])
+    with pytest.raises(ValueError, match="width"):
+        SearchIndex(x, repo_ids).search(np.ones(3), k=1)
+
+
+def test_ivf_recall_on_clustered_data(data):
+    x, centres, repo_ids, trees, _ = data
+    exact = SearchIndex(x, repo_ids, trees)
+    ivf = IVFIndex(x, repo_ids, trees, n_lists=64, n_probe=8)
+    rng = np.random.default_rng(3)
+    queries = centres[rng.integers(0, len(centres), 50)] + 0.3 * rng.standard_normal(
+        (50, x.shape[1])
+    ).astype(np.float32) / np.sqrt(x.shape[1])
+    assert recall_at_k(ivf, exact, queries, k=10) >= 0.9
+    # probing every list is exhaustive, so recall is exactly 1
+    assert recall_at_k(ivf, exact, queries, k=10, n_probe=ivf.n_lists) == 1.0
+
+
+def test_kmeans_centroids_are_unit_and_all_used(data):
+    x = data[0]
+    c = spherical_kmeans(x, 16, n_iter=5)
+    assert c.shape == (16, x.shape[1])
+    assert np.allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    assert len(np.unique(np.argmax(x @ c.T, axis=1))) == 16
+
+
+@pytest.mark.parametrize("cls", [SearchIndex, IVFIndex])
+def test_save_load_round_trip(tmp_path, data, cls):
+    x, _, repo_ids, trees, documented = data
+    index = cls(x, repo_ids, trees, documented)
+    path = tmp_path / "index.safetensors"
+    index.save(path)
+    loaded = load_index(path)
+    assert type(loaded) is cls and len(loaded) == len(index)
+    q = x[17] + 0.1
+    assert loaded.search(q, 10) == index.search(q, 10)
+    assert loaded.search(q, 10, tree="tree2") == index.search(q, 10, tree="tree2")
+
+
+def test_sql_ranking_matches_numpy(data):
+    x, _, repo_ids, trees, documented = data
+    x, repo_ids, trees, documented = x[:300], repo_ids[:300], trees[:300], documented[:300]
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE embeddings (repo_id VARCHAR, tree_id VARCHAR, encoder VARCHAR,"
+        " embedding FLOAT[], documented BOOLEAN)"
+    )
+    rows = [
+        (r, t, "enc-a", v.tolist(), d)
+        for r, t, v, d in zip(repo_ids, trees, x, documented, strict=True)
+    ]
+    rows.append(("other/enc", "tree0", "enc-b", x[0].tolist(), True))  # another encoder: excluded
+    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
+    assert "list_cosine_similarity" in search_models_sql()
+
+    index = SearchIndex(x, repo_ids, trees, documented)
+    q = x[5] + np.random.default_rng(4).standard_normal(x.shape[1]).astype(np.float32) * 0.05
+    for tree in (None, "tree0"):
+        sql_hits = search_models_duckdb(con, q, "enc-a", k=10, tree=tree)
+        np_hits = index.search(q, k=10, tree=tree)
+        assert [h.repo_id for h in sql_hits] == [h.repo_id for h in np_hits]
+        assert [h.documented for h in sql_hits] == [h.documented for h in np_hits]
+        assert np.allclose([h.score for h in sql_hits], [h.score for h in np_hits], atol=1e-5)
