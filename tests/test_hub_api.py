@@ -1,0 +1,310 @@
+"""HubApiSource against a tiny Hub the test serves itself on 127.0.0.1 (no other address).
+
+The server implements what huggingface_hub calls: GET /api/models (with filter/author),
+GET /api/models/{repo}[/revision/{rev}], and HEAD/GET /{repo}/resolve/{rev}/{file} with Range
+support and the X-Repo-Commit / ETag / Content-Length headers hf_hub_download needs. Every
+request is logged so the tests can count exactly what a crawl and a tensor read cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from probex_core.hub import HubApiSource, LocalHubSource, RepoError, crawl_all, read_layer
+from tests.test_hub import make_full, make_lora
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+@dataclass
+class FakeHub:
+    root: Path  # repos as directories ROOT/<org>/<name>
+    tags: dict[str, list[str]] = field(default_factory=dict)
+    log: list[tuple[str, str, str | None]] = field(default_factory=list)
+    ignore_range: bool = False
+    url: str = ""
+
+    def repos(self) -> list[str]:
+        return sorted(f"{o.name}/{r.name}" for o in self.root.iterdir() for r in o.iterdir())
+
+    def sha(self, repo_id: str) -> str:
+        h = hashlib.sha1(repo_id.encode())
+        for f in sorted((self.root / repo_id).iterdir()):
+            h.update(f.name.encode() + f.read_bytes())
+        return h.hexdigest()
+
+
+def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._route(head=False)
+
+        def do_HEAD(self) -> None:
+            self._route(head=True)
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _json(self, obj: object, head: bool) -> None:
+            self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json"}, head)
+
+        def _missing(self, code: str, head: bool) -> None:
+            self._send(
+                404,
+                b'{"error": "not found"}',
+                {"X-Error-Code": code, "Content-Type": "application/json"},
+                head,
+            )
+
+        def _route(self, head: bool) -> None:
+            u = urlsplit(self.path)
+            path, q = unquote(u.path), parse_qs(u.query)
+            hub.log.append((self.command, path, self.headers.get("Range")))
+            if path == "/api/models":
+                ids = hub.repos()
+                for f in q.get("filter", []):
+                    ids = [i for i in ids if f in hub.tags.get(i, [])]
+                if "author" in q:
+                    ids = [i for i in ids if i.split("/")[0] == q["author"][0]]
+                return self._json(
+                    [{"id": i, "modelId": i, "tags": hub.tags.get(i, [])} for i in ids], head
+                )
+            m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
+            if m:
+                repo_id = m.group(1)
+                if repo_id not in hub.repos():
+                    return self._missing("RepoNotFound", head)
+                files = sorted((hub.root / repo_id).iterdir())
+                siblings = []
+                for f in files:
+                    data = f.read_bytes()
+                    s = {
+                        "rfilename": f.name,
+                        "size": len(data),
+                        "blobId": hashlib.sha1(data).hexdigest(),
+                    }
+                    if f.suffix == ".safetensors":
+                        s["lfs"] = {
+                            "size": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest(),
+                            "pointerSize": 130,
+                        }
+                    siblings.append(s)
+                return self._json(
+                    {
+                        "id": repo_id,
+                        "sha": hub.sha(repo_id),
+                        "siblings": siblings,
+                        "tags": hub.tags.get(repo_id, []),
+                    },
+                    head,
+                )
+            m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+            if m:
+                repo_id, rev, file = m.groups()
+                target = hub.root / repo_id / file
+                if repo_id not in hub.repos() or rev not in ("main", hub.sha(repo_id)):
+                    return self._missing(
+                        "RepoNotFound" if repo_id not in hub.repos() else "RevisionNotFound", head
+                    )
+                if not target.is_file():
+                    return self._missing("EntryNotFound", head)
+                data = target.read_bytes()
+                headers = {
+                    "X-Repo-Commit": hub.sha(repo_id),
+                    "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "Accept-Ranges": "bytes",
+                    "Content-Type": "application/octet-stream",
+                }
+                r = _RANGE.match(self.headers.get("Range") or "")
+                if r and not hub.ignore_range:
+                    start = int(r.group(1))
+                    end = min(int(r.group(2)) if r.group(2) else len(data) - 1, len(data) - 1)
+                    headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                    return self._send(206, data[start : end + 1], headers, head)
+                return self._send(200, data, headers, head)
+            return self._missing("NotFound", head)
+
+    return Handler
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import close_session
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    close_session()  # a fresh HTTP client that sees this environment
+
+    root = tmp_path / "served"
+    make_full(root / "zoo" / "mlp-a", seed=0)
+    make_full(root / "zoo" / "mlp-b", seed=2, documented=False)
+    make_lora(root / "zoo" / "lora-a")
+    trunc = root / "bad" / "truncated"
+    trunc.mkdir(parents=True)
+    trunc.joinpath("model.safetensors").write_bytes(
+        (root / "zoo/mlp-a/model.safetensors").read_bytes()[:-10]
+    )
+    (root / "bad" / "pickle").mkdir()
+    (root / "bad" / "pickle" / "pytorch_model.bin").write_bytes(b"\x80\x04.")
+    hub = FakeHub(
+        root,
+        tags={
+            "zoo/mlp-a": ["base_model:zoo/root", "base_model:finetune:zoo/root"],
+            "zoo/lora-a": ["base_model:zoo/root", "base_model:adapter:zoo/root"],
+        },
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+        close_session()
+
+
+def _source(hub: FakeHub, tmp_path: Path, **kw: object) -> HubApiSource:
+    return HubApiSource(endpoint=hub.url, token=False, cache_dir=tmp_path / "hf_cache", **kw)
+
+
+def test_list_repos_by_filters(fake_hub: FakeHub, tmp_path: Path) -> None:
+    assert list(_source(fake_hub, tmp_path).list_repos()) == fake_hub.repos()
+    by_base = _source(fake_hub, tmp_path, base_model="zoo/root")
+    assert list(by_base.list_repos()) == ["zoo/lora-a", "zoo/mlp-a"]
+    adapters = _source(fake_hub, tmp_path, filter="base_model:adapter:zoo/root")
+    assert list(adapters.list_repos()) == ["zoo/lora-a"]
+    assert list(_source(fake_hub, tmp_path, author="bad").list_repos()) == [
+        "bad/pickle",
+        "bad/truncated",
+    ]
+
+
+def test_crawl_matches_the_local_reading_of_the_same_files(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    api, local = _source(fake_hub, tmp_path), LocalHubSource(fake_hub.root)
+    for repo_id in ("zoo/mlp-a", "zoo/mlp-b", "zoo/lora-a"):
+        fake_hub.log.clear()
+        remote, disk = api.crawl(repo_id), local.crawl(repo_id)
+        assert (remote.source, remote.revision, remote.location) == (
+            "hf_api",
+            fake_hub.sha(repo_id),
+            repo_id,
+        )
+        for f in (
+            "kind",
+            "weights_file",
+            "files",
+            "card",
+            "base_model",
+            "base_model_relation",
+            "config",
+            "metadata",
+            "training_classes",
+            "documented",
+            "tensors",
+            "signature",
+        ):
+            assert getattr(remote, f) == getattr(disk, f), (repo_id, f)
+        weights = [r for r in fake_hub.log if r[1].endswith(".safetensors")]
+        # the weights file is touched only by ranged GETs (one suffices for a small header)
+        assert len(weights) == 1 and weights[0][0] == "GET" and weights[0][2].startswith("bytes=0-")
+    assert api.crawl("zoo/mlp-a").fingerprint == api.crawl("zoo/mlp-a").fingerprint
+
+
+def test_read_tensor_is_one_ranged_get(fake_hub: FakeHub, tmp_path: Path) -> None:
+    api = _source(fake_hub, tmp_path)
+    saved = make_full(fake_hub.root / "zoo" / "mlp-c", seed=4)
+    record = api.crawl("zoo/mlp-c")
+    fake_hub.log.clear()
+    got = api.read_tensors(record, ["fc2.weight"])
+    assert torch.equal(got["fc2.weight"], saved["fc2.weight"])
+    info = record.tensors["fc2.weight"]
+    assert fake_hub.log == [
+        (
+            "GET",
+            f"/zoo/mlp-c/resolve/{record.revision}/model.safetensors",
+            f"bytes={info.start}-{info.end - 1}",
+        )
+    ]
+
+
+def test_read_layer_of_remote_lora(fake_hub: FakeHub, tmp_path: Path) -> None:
+    api = _source(fake_hub, tmp_path)
+    t = make_lora(fake_hub.root / "zoo" / "lora-b", seed=3)
+    record = api.crawl("zoo/lora-b")
+    fake_hub.log.clear()
+    x = read_layer(api, record, "fc1")
+    a, b = t["base_model.model.fc1.lora_A.weight"], t["base_model.model.fc1.lora_B.weight"]
+    assert torch.allclose(x, b @ a)
+    assert len(fake_hub.log) == 2 and all(m == "GET" and r for m, _, r in fake_hub.log)
+
+
+def test_large_header_takes_a_second_range(fake_hub: FakeHub, tmp_path: Path) -> None:
+    repo = fake_hub.root / "zoo" / "big-header"
+    repo.mkdir()
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    save_file({"w": w}, str(repo / "model.safetensors"), metadata={"notes": "x" * 150_000})
+    api = _source(fake_hub, tmp_path)
+    fake_hub.log.clear()
+    record = api.crawl("zoo/big-header")
+    ranges = [r for _, p, r in fake_hub.log if p.endswith("model.safetensors")]
+    assert ranges[0] == "bytes=0-99999" and ranges[1].startswith("bytes=8-") and len(ranges) == 2
+    assert record.metadata["notes"] == "x" * 150_000
+    assert torch.equal(api.read_tensors(record, ["w"])["w"], w)
+
+
+def test_bad_remote_repos_are_rejected(fake_hub: FakeHub, tmp_path: Path) -> None:
+    records, rejected = crawl_all(_source(fake_hub, tmp_path))
+    assert sorted(r.repo_id for r in records) == ["zoo/lora-a", "zoo/mlp-a", "zoo/mlp-b"]
+    got = {r.repo_id: r for r in rejected}
+    assert set(got) == {"bad/pickle", "bad/truncated"}
+    assert (
+        got["bad/truncated"].path == "model.safetensors"
+        and "truncated" in got["bad/truncated"].reason
+    )
+    assert got["bad/pickle"].path == "pytorch_model.bin"
+    assert not any(
+        p.endswith(".bin") and m == "GET" for m, p, _ in fake_hub.log if "/resolve/" in p
+    )
+    with pytest.raises(RepoError, match="hub request failed"):
+        _source(fake_hub, tmp_path).crawl("nobody/nothing")
+
+
+def test_server_ignoring_range_is_refused(fake_hub: FakeHub, tmp_path: Path) -> None:
+    api = _source(fake_hub, tmp_path)
+    record = api.crawl("zoo/mlp-a")
+    fake_hub.ignore_range = True
+    with pytest.raises(RepoError, match="ignored the Range"):
+        api.read_tensors(record, ["fc1.weight"])
