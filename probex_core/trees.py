@@ -1,0 +1,676 @@
+"""Model Tree recovery from weights alone (MoTHer, Horwitz et al. 2025).
+
+Cards lie or are missing; the weights do not. Models are grouped by architecture signature,
+clustered into trees by weight distance, and inside every tree a minimum directed spanning
+arborescence over `D + λ·mean(D)·T` (T: the kurtosis direction cue) gives each model's parent
+and the root. Declared `base_model` edges are only hints: they decide the kurtosis direction
+by majority vote and are checked against the recovered edges.
+
+LoRA adapters carry only ΔW = B @ A, so they have their own signature and their base (a full
+model) is never in their group. An adapter is attached to the full model whose layers it
+adapts (same names and shapes); when several full models qualify, the weights decide: the
+top singular subspaces of a trained ΔW align with its base W (LoRA paper §7), so the
+candidate with the largest alignment wins. Adapters are leaves: every adapter edge is
+base → adapter.
+
+Hub-scale metadata trees (declared edges only) are rebuilt with a DuckDB recursive query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import torch
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import squareform
+
+from probex_core.canon import find_layers
+
+_HEAD_NAME = re.compile(
+    r"(^|\.)(head|heads|classifier|lm_head|score|logits|fc_out|output_layer)(\.|$)|^fc$"
+)
+
+
+@dataclass(frozen=True)
+class WeightRecord:
+    """What tree recovery needs from one repo: its signature, its card hint, a few layers."""
+
+    repo_id: str  # hub id "org/name"
+    signature: str  # architecture_signature() of the repo's tensor names and shapes
+    declared_base: str | None  # base_model from the card / adapter_config (a hint only)
+    layers: dict[str, torch.Tensor]  # canonical 2-D layers, same names within a signature
+    adapter: bool = False  # True for a LoRA adapter repo (layers hold ΔW = B @ A)
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """Knobs of `recover_trees`."""
+
+    direction_lambda: float = 0.3  # λ of MoTHer's cost D + λ·scale·T (public code: 0.3)
+    graded_cue: bool = True  # T grows with the kurtosis violation (capped at 1), not a 0/1 step
+    penalty_scale: str = "edge"  # scale: "edge" = mean nearest-neighbour distance, "mean" = mean(D)
+    kurtosis_direction: str = "auto"  # "raise" | "lower" | "auto" (majority of declared edges)
+    default_direction: str = "raise"  # used by "auto" when no declared edge can vote
+    min_direction_votes: int = 3  # declared in-cluster edges needed before a group votes
+    min_gap_ratio: float = 2.5  # a merge-height jump at least this large separates trees
+    min_split_distance: float = 0.5  # relative distance below which models are never split
+    max_parent_candidates: int = 32  # nearest neighbours kept as candidate parents per model
+    min_adapter_alignment: float = 1.5  # LoRA: alignment a base must reach to count as found
+
+
+@dataclass(frozen=True)
+class ModelAssignment:
+    """One repo's place in the recovered forest."""
+
+    repo_id: str  # hub id
+    tree_id: str  # "tree-<12 hex of sha1(root repo id)>"
+    parent: str | None  # recovered parent repo id; None for a root
+    depth: int  # edges from the root
+    is_root: bool  # True for the tree's root
+    signature: str  # architecture signature of the repo
+
+
+@dataclass(frozen=True)
+class TreeInfo:
+    """One recovered tree."""
+
+    tree_id: str  # stable id derived from the root repo id
+    root: str  # root repo id
+    size: int  # number of models, root included
+    signature: str  # the root's architecture signature
+    kind: str  # "full" (full fine-tunes only), "lora" (root + adapters) or "mixed"
+    direction: str  # kurtosis direction used inside this tree ("raise" | "lower")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A declared base_model that the weights contradict."""
+
+    repo_id: str  # the repo whose card declares a base
+    declared_base: str  # what the card claims
+    recovered_parent: str | None  # what the weights say
+    declared_in_same_tree: bool  # the claimed base is at least in the recovered tree
+    declared_known: bool  # the claimed base is a repo we have weights for
+
+
+@dataclass
+class TreeRecovery:
+    """The recovered forest: per-repo assignments, per-tree summaries, card disagreements."""
+
+    models: dict[str, ModelAssignment]
+    trees: dict[str, TreeInfo]
+    disagreements: list[Disagreement]
+    directions: dict[str, str]  # signature → kurtosis direction used
+    seconds: float = 0.0  # wall time of the recovery
+
+    def model_rows(self) -> list[dict]:
+        """Rows for a `models`-style catalog table (one per repo)."""
+        return [asdict(m) for m in self.models.values()]
+
+    def tree_rows(self) -> list[dict]:
+        """Rows for the `trees` catalog table."""
+        return [asdict(t) for t in self.trees.values()]
+
+    def disagreement_rows(self) -> list[dict]:
+        """Rows for the card-disagreement table."""
+        return [asdict(d) for d in self.disagreements]
+
+    def members(self, tree_id: str) -> list[str]:
+        """Repo ids of one tree, root first."""
+        ms = [m for m in self.models.values() if m.tree_id == tree_id]
+        return [m.repo_id for m in sorted(ms, key=lambda m: (m.depth, m.repo_id))]
+
+
+def architecture_signature(tensor_shapes: Mapping[str, Sequence[int]]) -> str:
+    """Hash of the sorted tensor names and shapes: models that can share a tree share it.
+
+    Dtypes are left out on purpose: a bf16 copy of a model is still the same tree.
+    """
+    items = sorted((name, [int(s) for s in shape]) for name, shape in tensor_shapes.items())
+    return hashlib.sha1(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def tree_id_for(root_repo: str) -> str:
+    """Stable tree id of a root: the same root gives the same id across runs and hubs."""
+    return "tree-" + hashlib.sha1(root_repo.encode()).hexdigest()[:12]
+
+
+def is_head_layer(name: str) -> bool:
+    """Classification heads change shape with the label set, so they never define a tree."""
+    return bool(_HEAD_NAME.search(name))
+
+
+def choose_recovery_layers(
+    tensor_shapes: Mapping[str, Sequence[int]], max_layers: int = 4
+) -> list[str]:
+    """Canonical layer names (canon.find_layers) to read for tree recovery and routing.
+
+    Adapters: their LoRA layers (ΔW). Full models: hidden 2-D/conv layers, heads excluded,
+    square-ish and large first — they carry most of the init-specific "nuisance" that tells
+    trees apart, and their shapes do not depend on the task.
+    """
+    specs = find_layers(tensor_shapes)
+    lora = [s for s in specs.values() if s.kind == "lora" and not is_head_layer(s.name)]
+    if lora:
+        pool = lora
+    else:
+        pool = [
+            s
+            for s in specs.values()
+            if s.kind in ("linear", "conv") and not is_head_layer(s.name) and min(s.shape) >= 2
+        ]
+
+    def rank(s):  # square-ish first (aspect ≤ 4), then larger smaller side, then size, name
+        aspect = max(s.shape) / min(s.shape)
+        return (aspect > 4, -min(s.shape), -(s.shape[0] * s.shape[1]), s.name)
+
+    return [s.name for s in sorted(pool, key=rank)[:max_layers]]
+
+
+def _stack(records: Sequence[WeightRecord], layer: str) -> torch.Tensor:
+    return torch.stack([r.layers[layer].reshape(-1) for r in records]).to(torch.float64)
+
+
+def layer_scales(records: Sequence[WeightRecord], layers: Sequence[str]) -> dict[str, float]:
+    """RMS Frobenius norm per layer over a group: the unit of the relative distance."""
+    out = {}
+    for name in layers:
+        x = _stack(records, name)
+        out[name] = float(torch.sqrt((x * x).sum(1).mean()).clamp_min(1e-12))
+    return out
+
+
+def pairwise_distances(
+    records: Sequence[WeightRecord],
+    layers: Sequence[str],
+    scales: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Relative weight distance between every pair, as batched matrix work (Gram matrices).
+
+    D[i, j] = mean over layers of ‖X_i − X_j‖_F / s_l with s_l the group's RMS norm of layer l.
+    Two independent inits sit near √2; fine-tunes of one model far below. Layers are
+    centred on the group mean and the Gram matrix is float64, so tiny fine-tuning deltas do
+    not drown in cancellation. (MoTHer's public code sums mean |ΔW|; L2 is used here because
+    it reduces to one matmul.)
+    """
+    scales = scales or layer_scales(records, layers)
+    n = len(records)
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for name in layers:
+        x = _stack(records, name)
+        x = x - x.mean(0, keepdim=True)
+        sq = (x * x).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+        total += d2.sqrt() / scales[name]
+    d = (total / max(len(layers), 1)).numpy()
+    np.fill_diagonal(d, 0.0)
+    return (d + d.T) / 2.0
+
+
+def distances_to(
+    record: WeightRecord,
+    references: Mapping[str, torch.Tensor],
+    layers: Sequence[str],
+    scales: Mapping[str, float],
+) -> np.ndarray:
+    """Relative distance of one record to k reference models (references[layer]: (k, numel))."""
+    total = None
+    for name in layers:
+        x = record.layers[name].reshape(1, -1).to(torch.float64)
+        ref = references[name].to(torch.float64)
+        d = torch.linalg.vector_norm(ref - x, dim=1) / scales[name]
+        total = d if total is None else total + d
+    return (total / max(len(layers), 1)).numpy()
+
+
+def weight_kurtosis(records: Sequence[WeightRecord], layers: Sequence[str]) -> np.ndarray:
+    """Mean over layers of the excess kurtosis of each model's weights (MoTHer's direction cue)."""
+    out = np.zeros(len(records))
+    for name in layers:
+        x = _stack(records, name)
+        x = x - x.mean(1, keepdim=True)
+        m2 = (x * x).mean(1).clamp_min(1e-30)
+        m4 = (x**4).mean(1)
+        out += (m4 / m2**2 - 3.0).numpy()
+    return out / max(len(layers), 1)
+
+
+def cluster_by_distance(d: np.ndarray, config: TreeConfig) -> np.ndarray:
+    """Split one signature group into trees: single linkage cut at the data's own gap.
+
+    Inside a tree every model is close to its parent, so single-linkage merge heights stay at
+    fine-tuning scale; the merges that join different roots jump to init scale (≈ √2). The
+    cut is placed in the largest multiplicative jump between consecutive merge heights, if
+    that jump is ≥ `min_gap_ratio` and above `min_split_distance`. No such jump: one tree —
+    unless even the lowest merge is above `min_split_distance` (unrelated models only).
+    """
+    n = d.shape[0]
+    if n == 1:
+        return np.zeros(1, dtype=int)
+    z = linkage(squareform(d, checks=False), method="single")
+    heights = np.sort(z[:, 2])
+    threshold = np.inf
+    best = 0.0
+    for k in range(len(heights) - 1):
+        lo, hi = max(heights[k], 1e-12), heights[k + 1]
+        ratio = hi / lo
+        if hi >= config.min_split_distance and ratio >= config.min_gap_ratio and ratio > best:
+            best, threshold = ratio, float(np.sqrt(lo * hi))
+    if not np.isfinite(threshold) and heights[0] >= config.min_split_distance:
+        threshold = heights[0] / 2.0
+    if not np.isfinite(threshold):
+        return np.zeros(n, dtype=int)
+    return fcluster(z, t=threshold, criterion="distance") - 1
+
+
+def direction_penalty(kurt: np.ndarray, direction: str, unit: float | None = None) -> np.ndarray:
+    """T[p, c] > 0 when the edge p → c goes against the kurtosis direction.
+
+    "raise": fine-tuning raises kurtosis, so a child with lower kurtosis than its would-be
+    parent is penalised; "lower": the opposite. `unit` None gives MoTHer's 0/1 T; otherwise
+    T = min(violation / unit, 1), so a violation far below one typical fine-tune's kurtosis
+    change (estimation noise) costs almost nothing, while reversing a real step costs fully.
+    """
+    if direction not in ("raise", "lower"):
+        raise ValueError(f"unknown kurtosis direction {direction!r}")
+    gain = kurt[None, :] - kurt[:, None]  # gain[p, c] = kurt[c] - kurt[p]
+    violation = -gain if direction == "raise" else gain
+    if unit is None:
+        return (violation > 0).astype(float)
+    return np.clip(violation / max(unit, 1e-12), 0.0, 1.0)
+
+
+def arborescence(d: np.ndarray, kurt: np.ndarray, direction: str, config: TreeConfig) -> np.ndarray:
+    """Parent index of every model (-1 for the root) from D + λ·scale·T (Chu-Liu/Edmonds).
+
+    MoTHer scales the penalty by mean(D). In a deep or wide tree mean(D) grows with the
+    tree's diameter while an edge stays one fine-tune long, so λ·mean(D) outgrows the gap
+    between a parent (one step away) and a grandparent (√2 steps), and kurtosis noise then
+    rewires edges. The default scale is therefore the mean nearest-neighbour distance — one
+    typical edge — which keeps the cue a tie-breaker for direction, as intended.
+
+    Candidate parents are each model's `max_parent_candidates` nearest neighbours plus both
+    directions of the undirected minimum spanning tree (which guarantees a spanning
+    arborescence exists), so a 1,000-model tree is a sparse graph, not a million edges.
+    """
+    n = d.shape[0]
+    if n == 1:
+        return np.array([-1])
+    off = d + np.diag(np.full(n, np.inf))
+    if config.penalty_scale == "edge":
+        scale = float(off.min(axis=1).mean())
+    else:
+        scale = float(d[~np.eye(n, dtype=bool)].mean())
+    nearest = off.argmin(axis=1)
+    unit = float(np.median(np.abs(kurt - kurt[nearest]))) if config.graded_cue else None
+    cost = d + config.direction_lambda * scale * direction_penalty(kurt, direction, unit)
+    k = min(config.max_parent_candidates, n - 1)
+    near = np.argpartition(off, k - 1, axis=0)[:k]  # near[:, c]: candidate parents of c
+    edges = {(int(p), int(c)) for c in range(n) for p in near[:, c]}
+    mst = minimum_spanning_tree(d + 1e-12).tocoo()  # +ε: zero distances are still edges
+    for i, j in zip(mst.row, mst.col, strict=True):
+        edges.add((int(i), int(j)))
+        edges.add((int(j), int(i)))
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_weighted_edges_from((p, c, float(cost[p, c])) for p, c in edges)
+    tree = nx.minimum_spanning_arborescence(g, attr="weight")
+    parent = np.full(n, -1)
+    for p, c in tree.edges():
+        parent[c] = p
+    return parent
+
+
+def adapter_alignment(delta: torch.Tensor, bases: torch.Tensor, max_rank: int = 64) -> np.ndarray:
+    """How much a LoRA ΔW's top singular subspaces align with each candidate base W.
+
+    ‖U_rᵀ W V_r‖_F / (r · rms(W)): ≈ 1 for a W unrelated to ΔW, larger for the W the adapter
+    was trained on (LoRA, Hu et al. 2021, §7: ΔW amplifies directions present in W).
+    delta: (d_out, d_in); bases: (m, d_out, d_in) → (m,).
+    """
+    u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    if s.numel() == 0 or float(s[0]) <= 0:
+        return np.zeros(bases.shape[0])
+    r = int(min(max_rank, int((s > s[0] * 1e-6).sum())))
+    ur, vr = u[:, :r], vh[:r].T
+    w = bases.to(torch.float64)
+    proj = torch.einsum("hr,mhw,ws->mrs", ur, w, vr)
+    rms = w.pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-30)
+    return (torch.linalg.matrix_norm(proj) / (r * rms)).numpy()
+
+
+def _depths(parent: Mapping[str, str | None]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for node in parent:
+        chain, cur = [], node
+        while cur is not None and cur not in depth and cur not in chain:
+            chain.append(cur)
+            cur = parent.get(cur)
+        base = depth.get(cur, -1) if cur is not None else -1
+        for i, c in enumerate(reversed(chain)):
+            depth[c] = base + 1 + i
+    return depth
+
+
+def _vote_direction(votes: Iterable[tuple[float, float]], config: TreeConfig) -> str | None:
+    """Majority over declared (parent, child) kurtosis pairs; None when too few votes."""
+    pairs = list(votes)
+    if len(pairs) < config.min_direction_votes:
+        return None
+    up = sum(kc > kp for kp, kc in pairs)
+    return "raise" if up * 2 >= len(pairs) else "lower"
+
+
+def recover_trees(
+    records: Sequence[WeightRecord], config: TreeConfig | None = None
+) -> TreeRecovery:
+    """Recover every model's tree, parent and root from weights alone.
+
+    1. group full models by signature; 2. cluster each group by relative weight distance;
+    3. inside each cluster, MoTHer's arborescence; 4. attach LoRA adapters to their base;
+    5. compare with declared bases.
+    """
+    config = config or TreeConfig()
+    start = time.perf_counter()
+    by_id = {r.repo_id: r for r in records}
+    if len(by_id) != len(records):
+        raise ValueError("duplicate repo ids in records")
+    full = [r for r in records if not r.adapter]
+    adapters = [r for r in records if r.adapter]
+
+    groups: dict[str, list[WeightRecord]] = defaultdict(list)
+    for r in full:
+        groups[r.signature].append(r)
+
+    clusters: list[tuple[str, list[WeightRecord], np.ndarray, np.ndarray]] = []
+    for sig, recs in sorted(groups.items()):
+        layers = sorted(recs[0].layers)
+        missing = [r.repo_id for r in recs if sorted(r.layers) != layers]
+        if missing:
+            raise ValueError(f"signature {sig}: records {missing[:3]} lack layers {layers}")
+        d = pairwise_distances(recs, layers)
+        kurt = weight_kurtosis(recs, layers)
+        labels = cluster_by_distance(d, config)
+        for lab in np.unique(labels):
+            idx = np.flatnonzero(labels == lab)
+            clusters.append((sig, [recs[i] for i in idx], d[np.ix_(idx, idx)], kurt[idx]))
+
+    directions = _directions(clusters, config)
+    parent: dict[str, str | None] = {}
+    sig_of: dict[str, str] = {}
+    for sig, recs, d, kurt in clusters:
+        par = arborescence(d, kurt, directions[sig], config)
+        for i, r in enumerate(recs):
+            parent[r.repo_id] = recs[par[i]].repo_id if par[i] >= 0 else None
+            sig_of[r.repo_id] = sig
+
+    for a in adapters:
+        parent[a.repo_id] = _adapter_base(a, full, config)
+        sig_of[a.repo_id] = a.signature
+
+    depth = _depths(parent)
+    root_of: dict[str, str] = {}
+    for repo in parent:
+        cur = repo
+        while parent.get(cur) is not None:
+            cur = parent[cur]
+        root_of[repo] = cur
+
+    models = {
+        repo: ModelAssignment(
+            repo_id=repo,
+            tree_id=tree_id_for(root_of[repo]),
+            parent=parent[repo],
+            depth=depth[repo],
+            is_root=parent[repo] is None,
+            signature=sig_of.get(repo, ""),
+        )
+        for repo in sorted(parent)
+    }
+    members: dict[str, list[str]] = defaultdict(list)
+    for m in models.values():
+        members[m.tree_id].append(m.repo_id)
+    trees = {}
+    for tid, reps in sorted(members.items()):
+        root = root_of[reps[0]]
+        n_adapt = sum(by_id[r].adapter for r in reps)
+        kind = "full" if n_adapt == 0 else "lora" if n_adapt == len(reps) - 1 else "mixed"
+        sig = sig_of.get(root, "")
+        trees[tid] = TreeInfo(
+            tid, root, len(reps), sig, kind, directions.get(sig, config.default_direction)
+        )
+
+    disagreements = []
+    for r in records:
+        if r.declared_base is None or r.declared_base == parent[r.repo_id]:
+            continue
+        known = r.declared_base in models
+        same = known and models[r.declared_base].tree_id == models[r.repo_id].tree_id
+        disagreements.append(
+            Disagreement(r.repo_id, r.declared_base, parent[r.repo_id], same, known)
+        )
+    return TreeRecovery(models, trees, disagreements, directions, time.perf_counter() - start)
+
+
+def _directions(clusters, config: TreeConfig) -> dict[str, str]:
+    """Kurtosis direction per signature: fixed by config, or voted by declared edges."""
+    sigs = sorted({c[0] for c in clusters})
+    if config.kurtosis_direction != "auto":
+        return {s: config.kurtosis_direction for s in sigs}
+    per_sig: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for sig, recs, _, kurt in clusters:
+        pos = {r.repo_id: i for i, r in enumerate(recs)}
+        for i, r in enumerate(recs):
+            if r.declared_base in pos and r.declared_base != r.repo_id:
+                per_sig[sig].append((kurt[pos[r.declared_base]], kurt[i]))
+    pooled = _vote_direction((v for vs in per_sig.values() for v in vs), config)
+    fallback = pooled or config.default_direction
+    return {s: _vote_direction(per_sig[s], config) or fallback for s in sigs}
+
+
+def adapter_candidates(adapter: WeightRecord, full: Sequence[WeightRecord]) -> list[WeightRecord]:
+    """Full models holding every layer the adapter adapts, with the same (d_out, d_in)."""
+    want = {n: tuple(t.shape) for n, t in adapter.layers.items()}
+    return [
+        f
+        for f in full
+        if all(n in f.layers and tuple(f.layers[n].shape) == s for n, s in want.items())
+    ]
+
+
+def _adapter_base(a: WeightRecord, full: Sequence[WeightRecord], config: TreeConfig) -> str | None:
+    """The full model an adapter was trained on: by shape, then by subspace alignment.
+
+    With one candidate the shapes decide. With several, the weights decide when one
+    candidate's alignment reaches `min_adapter_alignment`; otherwise the declared base is
+    used if it is a candidate (the hint), else the best-aligned candidate.
+    """
+    cands = adapter_candidates(a, full)
+    if not cands:
+        return None
+    if len(cands) == 1:
+        return cands[0].repo_id
+    score = np.zeros(len(cands))
+    for name, delta in a.layers.items():
+        score += adapter_alignment(delta, torch.stack([c.layers[name] for c in cands]))
+    score /= max(len(a.layers), 1)
+    best = int(np.argmax(score))
+    if score[best] >= config.min_adapter_alignment:
+        return cands[best].repo_id
+    ids = [c.repo_id for c in cands]
+    if a.declared_base in ids:
+        return a.declared_base
+    return cands[best].repo_id
+
+
+# ---- scores against ground truth -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TruthEntry:
+    """Ground truth for one repo (from the zoo manifest)."""
+
+    tree_id: str  # true tree id
+    parent: str | None  # true parent repo id; None for a root
+
+
+def truth_from_manifest(path: str | Path) -> dict[str, TruthEntry]:
+    """Read `DIR/manifest.json` (or DIR) into {repo_id: TruthEntry}; evaluation only."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.json"
+    manifest = json.loads(p.read_text())
+    return {m["repo_id"]: TruthEntry(m["tree_id"], m.get("parent")) for m in manifest["models"]}
+
+
+def score_recovery(recovery: TreeRecovery, truth: Mapping[str, TruthEntry]) -> dict:
+    """Cluster purity, ARI, directed edge accuracy (overall and per true tree), root accuracy.
+
+    Only repos present in both are scored. Edge accuracy counts every non-root model whose
+    recovered parent is its true parent; root accuracy counts true trees whose root is
+    recovered as a root of the tree holding most of its members.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    repos = sorted(set(truth) & set(recovery.models))
+    if not repos:
+        raise ValueError("no repo is both recovered and in the truth")
+    true_t = [truth[r].tree_id for r in repos]
+    pred_t = [recovery.models[r].tree_id for r in repos]
+    by_pred: dict[str, Counter] = defaultdict(Counter)
+    for t, p in zip(true_t, pred_t, strict=True):
+        by_pred[p][t] += 1
+    purity = sum(c.most_common(1)[0][1] for c in by_pred.values()) / len(repos)
+
+    per_tree: dict[str, dict] = {}
+    hits = total = 0
+    roots_ok = 0
+    true_trees = sorted(set(true_t))
+    for tt in true_trees:
+        mem = [r for r in repos if truth[r].tree_id == tt]
+        child = [r for r in mem if truth[r].parent is not None]
+        ok = sum(recovery.models[r].parent == truth[r].parent for r in child)
+        hits, total = hits + ok, total + len(child)
+        true_root = next((r for r in mem if truth[r].parent is None), None)
+        major = Counter(recovery.models[r].tree_id for r in mem).most_common(1)[0][0]
+        root_ok = true_root is not None and recovery.trees[major].root == true_root
+        roots_ok += root_ok
+        per_tree[tt] = {
+            "size": len(mem),
+            "edge_accuracy": ok / len(child) if child else 1.0,
+            "root_correct": bool(root_ok),
+        }
+    return {
+        "n_models": len(repos),
+        "n_true_trees": len(true_trees),
+        "n_recovered_trees": len(set(pred_t)),
+        "purity": purity,
+        "ari": float(adjusted_rand_score(true_t, pred_t)),
+        "edge_accuracy": hits / total if total else 1.0,
+        "root_accuracy": roots_ok / len(true_trees),
+        "per_tree": per_tree,
+    }
+
+
+# ---- hub-scale metadata trees ------------------------------------------------------------------
+
+# Roots: repos with no declared base, or whose base is not in the table (an external base).
+# Cycles are never reached from a root (one base per repo), so the recursion terminates; their
+# members come back with a NULL root.
+DECLARED_TREES_SQL = """
+WITH RECURSIVE edges AS (
+    SELECT repo_id, base_model FROM {table}
+),
+walk(repo_id, root, depth) AS (
+    SELECT e.repo_id, e.repo_id, 0
+    FROM edges e
+    WHERE e.base_model IS NULL
+       OR e.base_model = e.repo_id
+       OR NOT EXISTS (SELECT 1 FROM edges b WHERE b.repo_id = e.base_model)
+    UNION ALL
+    SELECT c.repo_id, w.root, w.depth + 1
+    FROM edges c JOIN walk w ON c.base_model = w.repo_id
+    WHERE c.base_model <> c.repo_id
+)
+SELECT e.repo_id, w.root, w.depth
+FROM edges e LEFT JOIN walk w USING (repo_id)
+"""
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def trees_from_declared_edges_sql(con, table: str, out_table: str | None = None):
+    """Root and depth of every repo from declared (repo_id, base_model) edges, in DuckDB.
+
+    `table` needs columns repo_id (unique) and base_model (NULL for a root). Returns a
+    DuckDB relation (repo_id, root, depth), or creates `out_table` with it and returns None.
+    A table name cannot be a bound parameter, so it is validated as an identifier instead.
+    """
+    for name in (table, out_table):
+        if name is not None and not _IDENT.match(name):
+            raise ValueError(f"not a plain table name: {name!r}")
+    sql = DECLARED_TREES_SQL.format(table=table)
+    if out_table is not None:
+        con.execute(f"CREATE OR REPLACE TABLE {out_table} AS {sql}")
+        return None
+    return con.sql(sql)
+
+
+def trees_from_declared_edges_networkx(
+    edges: Iterable[tuple[str, str | None]],
+) -> dict[str, tuple[str | None, int | None]]:
+    """Baseline for the SQL rebuild: {repo_id: (root, depth)} with networkx BFS from roots."""
+    pairs = list(edges)
+    declared = {repo for repo, _ in pairs}
+    g = nx.DiGraph()
+    g.add_nodes_from(declared)
+    g.add_edges_from(
+        (base, repo)
+        for repo, base in pairs
+        if base is not None and base != repo and base in declared
+    )
+    out: dict[str, tuple[str | None, int | None]] = {}
+    for root in [n for n in g.nodes if g.in_degree(n) == 0]:
+        for n, dep in nx.single_source_shortest_path_length(g, root).items():
+            out[n] = (root, dep)
+    for n in declared:
+        out.setdefault(n, (None, None))
+    return out
+
+
+__all__ = [
+    "DECLARED_TREES_SQL",
+    "Disagreement",
+    "ModelAssignment",
+    "TreeConfig",
+    "TreeInfo",
+    "TreeRecovery",
+    "TruthEntry",
+    "WeightRecord",
+    "adapter_alignment",
+    "adapter_candidates",
+    "architecture_signature",
+    "choose_recovery_layers",
+    "cluster_by_distance",
+    "distances_to",
+    "is_head_layer",
+    "layer_scales",
+    "pairwise_distances",
+    "recover_trees",
+    "score_recovery",
+    "trees_from_declared_edges_networkx",
+    "trees_from_declared_edges_sql",
+    "truth_from_manifest",
+    "tree_id_for",
+    "weight_kurtosis",
+]

@@ -1,0 +1,156 @@
+"""Tree recovery (MoTHer) on synthetic forests with planted trees and lying cards."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from probex_core.bench.trees import ForestSpec, synthetic_edges, synthetic_forest
+from probex_core.trees import (
+    TreeConfig,
+    WeightRecord,
+    architecture_signature,
+    choose_recovery_layers,
+    cluster_by_distance,
+    pairwise_distances,
+    recover_trees,
+    score_recovery,
+    trees_from_declared_edges_networkx,
+    trees_from_declared_edges_sql,
+)
+
+SPECS = [
+    ForestSpec((4, 4)),  # two multi-level trees sharing one signature
+    ForestSpec((4, 4)),
+    ForestSpec((3,), layer_shapes=((32, 32), (32, 48))),  # a star of another architecture
+    ForestSpec((2, 2, 2), layer_shapes=((32, 32), (32, 48))),  # a deeper binary tree
+]
+
+
+@pytest.fixture(scope="module")
+def forest():
+    records, truth = synthetic_forest(SPECS, seed=0, documented=0.7, liars=2)
+    return records, truth, recover_trees(records)
+
+
+def test_signature_ignores_order_and_sees_shapes():
+    a = {"fc1.weight": (4, 3), "head.weight": (2, 4)}
+    assert architecture_signature(a) == architecture_signature(dict(reversed(a.items())))
+    assert architecture_signature(a) != architecture_signature({**a, "fc1.weight": (5, 3)})
+
+
+def test_recovery_layers_skip_the_head_and_prefer_lora():
+    full = {
+        "fc1.weight": (128, 768),
+        "fc2.weight": (64, 128),
+        "head.weight": (10, 64),
+        "fc1.bias": (128,),
+    }
+    assert choose_recovery_layers(full) == ["fc2", "fc1"]
+    lora = {
+        "base_model.model.fc1.lora_A.weight": (4, 768),
+        "base_model.model.fc1.lora_B.weight": (128, 4),
+        "base_model.model.head.weight": (1, 64),
+    }
+    assert choose_recovery_layers(lora) == ["fc1"]
+
+
+def test_recovers_members_edges_and_roots(forest):
+    records, truth, rec = forest
+    scores = score_recovery(rec, truth)
+    assert scores["ari"] == 1.0 and scores["purity"] == 1.0
+    assert scores["n_recovered_trees"] == len(SPECS)
+    assert scores["edge_accuracy"] >= 0.95
+    assert scores["root_accuracy"] == 1.0
+    depths = {m.depth for m in rec.models.values()}
+    assert depths == {0, 1, 2, 3}
+    assert {t.size for t in rec.trees.values()} == {21, 4, 15}
+
+
+def test_a_card_naming_the_wrong_base_is_flagged(forest):
+    records, truth, rec = forest
+    liars = {
+        r.repo_id for r in records if r.declared_base and r.declared_base != truth[r.repo_id].parent
+    }
+    assert len(liars) == 2
+    flagged = {d.repo_id: d for d in rec.disagreements}
+    assert liars <= set(flagged)
+    assert all(not flagged[x].declared_in_same_tree and flagged[x].declared_known for x in liars)
+    # honest cards agree with the recovered edge almost always
+    assert len(flagged) - len(liars) <= 1
+
+
+def test_two_trees_of_one_signature_come_apart_and_one_tree_stays_one():
+    records, _ = synthetic_forest([ForestSpec((5,)), ForestSpec((5,))], seed=3)
+    layers = sorted(records[0].layers)
+    labels = cluster_by_distance(pairwise_distances(records, layers), TreeConfig())
+    assert len(set(labels)) == 2
+    one = records[:6]
+    assert len(set(cluster_by_distance(pairwise_distances(one, layers), TreeConfig()))) == 1
+    two_roots = [records[0], records[6]]
+    assert len(set(cluster_by_distance(pairwise_distances(two_roots, layers), TreeConfig()))) == 2
+
+
+def test_kurtosis_direction_is_voted_by_declared_edges():
+    records, truth = synthetic_forest([ForestSpec((3, 3))], seed=1)
+    assert recover_trees(records).directions == {records[0].signature: "raise"}
+    # flipping the cue against the data must hurt: the cue carries the direction
+    wrong = recover_trees(records, TreeConfig(kurtosis_direction="lower"))
+    assert score_recovery(wrong, truth)["root_accuracy"] == 0.0
+
+
+def test_adapters_join_the_full_model_they_adapt():
+    g = torch.Generator().manual_seed(0)
+
+    def full(seed: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return {"fc1": torch.randn(16, 32, generator=gen), "fc2": torch.randn(8, 16, generator=gen)}
+
+    base, other = full(1), full(2)  # two full roots of one architecture: adapters must choose
+    recs = [WeightRecord("o/base", "mlp", None, base), WeightRecord("o/other", "mlp", None, other)]
+    u, _, vh = torch.linalg.svd(base["fc1"])
+    for i in range(3):
+        # a trained adapter amplifies directions already in its base W (LoRA §7)
+        delta = u[:, :2] @ torch.diag(torch.rand(2, generator=g) + 1) @ vh[:2]
+        delta = delta + 0.05 * torch.randn(16, 2, generator=g) @ torch.randn(2, 32, generator=g)
+        declared = "o/other" if i == 0 else None  # a lying adapter_config
+        recs.append(WeightRecord(f"o/ad{i}", "lora", declared, {"fc1": delta}, adapter=True))
+    rec = recover_trees(recs)
+    tid = rec.models["o/base"].tree_id
+    assert rec.models["o/other"].tree_id != tid
+    for i in range(3):
+        assert rec.models[f"o/ad{i}"].parent == "o/base" and rec.models[f"o/ad{i}"].tree_id == tid
+    assert rec.trees[tid].kind == "lora" and rec.trees[tid].size == 4
+    assert [(d.repo_id, d.declared_in_same_tree) for d in rec.disagreements] == [("o/ad0", False)]
+
+
+def test_sql_and_networkx_rebuilds_agree():
+    idx, base = synthetic_edges(3000, seed=0, roots=20)
+    names = [f"o/m{i}" for i in idx]
+    edges = [(names[i], names[b] if b >= 0 else None) for i, b in zip(idx, base, strict=True)]
+    edges += [("o/self", "o/self"), ("o/ext", "elsewhere/base"), ("o/c1", "o/c2"), ("o/c2", "o/c1")]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE repos(repo_id VARCHAR, base_model VARCHAR)")
+    con.executemany("INSERT INTO repos VALUES (?, ?)", edges)
+    sql = {
+        r: (root, depth)
+        for r, root, depth in trees_from_declared_edges_sql(con, "repos").fetchall()
+    }
+    nx_out = trees_from_declared_edges_networkx(edges)
+    assert sql == nx_out
+    assert sql["o/self"] == ("o/self", 0) and sql["o/ext"] == ("o/ext", 0)
+    assert sql["o/c1"] == (None, None)
+    assert max(d for _, d in sql.values() if d is not None) > 5
+    with pytest.raises(ValueError):
+        trees_from_declared_edges_sql(con, "repos; DROP TABLE repos")
+
+
+def test_scores_can_fail():
+    records, truth = synthetic_forest([ForestSpec((3,)), ForestSpec((3,))], seed=2)
+    rec = recover_trees(records)
+    bad = {r: truth[r].__class__("t", None if r.endswith("root") else "x/y") for r in truth}
+    s = score_recovery(rec, bad)
+    assert s["ari"] < 1.0 and s["edge_accuracy"] == 0.0
+    assert np.isclose(score_recovery(rec, truth)["ari"], 1.0)
