@@ -11,7 +11,7 @@ cards only; `read_layer` later fetches just the tensors of one layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,12 +64,12 @@ def crawl_all(source: HubSource, progress: bool = False) -> tuple[list[RepoRecor
     """
     records: list[RepoRecord] = []
     rejected: list[Rejected] = []
-    ids: Sequence[str] | object = source.list_repos()
+    ids: Iterable[str] = source.list_repos()
     if progress:
         from tqdm import tqdm
 
         ids = tqdm(ids, desc=f"crawl {source.name}", unit="repo")
-    for repo_id in ids:  # type: ignore[attr-defined]
+    for repo_id in ids:
         try:
             records.append(source.crawl(repo_id))
         except RepoError as e:

@@ -41,7 +41,7 @@ class HFCacheSource(DirectorySource):
     def _snapshot(self, folder: Path) -> str | None:
         """The revision to read: refs/main when present, else the newest snapshot."""
         ref = folder / "refs" / "main"
-        if ref.is_file():
+        if ref.is_file() and ref.resolve().is_relative_to(self._root_resolved):
             rev = ref.read_text(encoding="utf-8", errors="replace").strip()
             if _REVISION.match(rev) and ".." not in rev and (folder / "snapshots" / rev).is_dir():
                 return rev
