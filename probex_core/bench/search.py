@@ -84,6 +84,7 @@ def _run(quick: bool) -> dict:
     build_ivf = time.perf_counter() - t
 
     con = duckdb.connect(config={"threads": 1})
+    con.execute("SET enable_progress_bar = false")
     con.register("frame", _frame(repo_ids, trees, x))
     con.execute(
         "CREATE TABLE embeddings AS SELECT repo_id, tree_id, 'bench' AS encoder,"
@@ -95,11 +96,13 @@ def _run(quick: bool) -> dict:
     exact_ms = _per_query_ms(lambda q: exact.search(q, K), queries)
     rows.append(("exact matmul + argpartition", exact_ms, 1.0))
     results: dict = {"n": n, "dim": DIM, "k": K, "queries": n_queries, "n_lists": ivf.n_lists}
+    results["n_probe_default"] = ivf.n_probe
     results["exact_ms"] = exact_ms
-    for n_probe in (4, 8, 32):
+    for n_probe in sorted({4, ivf.n_probe, 4 * ivf.n_probe}):
         ms = _per_query_ms(lambda q, p=n_probe: ivf.search(q, K, n_probe=p), queries)
         rec = recall_at_k(ivf, exact, queries, K, n_probe=n_probe)
-        rows.append((f"IVF n_probe={n_probe}", ms, rec))
+        default = " (default)" if n_probe == ivf.n_probe else ""
+        rows.append((f"IVF n_probe={n_probe}{default}", ms, rec))
         results[f"ivf_probe{n_probe}_ms"] = ms
         results[f"ivf_probe{n_probe}_recall@10"] = rec
     tree_ms = _per_query_ms(lambda q: exact.search(q, K, tree="tree3"), queries)
@@ -116,14 +119,18 @@ def _run(quick: bool) -> dict:
     results["build_exact_s"] = build_exact
     results["build_ivf_s"] = build_ivf
 
-    print(f"search over {n:,} stored embeddings, D={DIM}, top-{K}, {n_queries} queries, 1 thread")
+    print(
+        f"search over {n:,} synthetic stored embeddings, D={DIM}, top-{K}, {n_queries} queries, 1 thread"
+    )
     print(f"IVF: {ivf.n_lists} lists, built in {build_ivf:.2f}s (exact index {build_exact:.2f}s)")
     print(f"{'method':36s} {'ms/query':>10s} {'vs exact':>9s} {'vs loop':>9s} {'recall@10':>10s}")
     for name, ms, rec in rows:
         rec_s = f"{rec:10.3f}" if rec is not None else f"{'-':>10s}"
         print(f"{name:36s} {ms:10.3f} {ms / exact_ms:8.2f}x {ms / loop_ms:8.4f}x {rec_s}")
     print(f"SQL top-{K} == exact top-{K}: {results['sql_agrees_with_exact']}")
-    print("target: exact well under the Python loop; IVF recall@10 >= 0.9 at its default n_probe=8")
+    print(
+        "target: exact well under both brute-force baselines; IVF recall@10 >= 0.9 at its default"
+    )
     return results
 
 
