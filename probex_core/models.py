@@ -1,0 +1,319 @@
+"""Models that read one layer's weight matrix X (d_H × d_W) and predict what it was trained for.
+
+All models share one interface (`WeightModel`): `encode(X) -> e (N, r_T)`, `forward(X) ->
+logits (N, d_Y)` from a multi-label classification head, and `zero_shot_logits(X, T)` when
+built with a text width. `build_model` is the one factory; its `config` dict is what
+checkpoints store to rebuild the model (see `train.save_expert`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_KINDS = ("probex", "mvprobe", "dense", "statnn")
+
+
+class ZeroShotHead(nn.Module):
+    """Text embeddings → r_T; cosine logits between L2-normalised e and mapped texts.
+
+    The temperature is stored as a log-scale (CLIP style). `learn_scale=False` keeps it fixed,
+    which avoids the degenerate "sharpen everything" solution on tiny training sets.
+    """
+
+    def __init__(self, text_dim: int, r_T: int, scale: float = 10.0, learn_scale: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(text_dim, r_T, bias=False)  # text_dim → r_T
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learn_scale)
+
+    def forward(self, e: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(e, dim=-1)  # (N, r_T)
+        t = F.normalize(self.proj(T), dim=-1)  # (C, r_T)
+        return self.log_scale.exp() * e @ t.T  # (N, C)
+
+
+class WeightModel(nn.Module):
+    """Base: an encoder X → e (subclass `encode`), a linear head e → d_Y, an optional text head.
+
+    `config` holds every constructor argument, so `build_model(**config)` rebuilds the model.
+    """
+
+    kind: str = ""
+
+    def __init__(
+        self, r_T: int, n_classes: int, text_dim: int | None, zs_scale: float, zs_learn_scale: bool
+    ):
+        super().__init__()
+        self.r_T = r_T
+        self.head = nn.Linear(r_T, n_classes) if n_classes > 0 else None  # r_T → d_Y
+        self.zero_shot = ZeroShotHead(text_dim, r_T, zs_scale, zs_learn_scale) if text_dim else None
+        self.config: dict[str, Any] = {}
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:  # (N, d_H, d_W) → (N, r_T)
+        raise NotImplementedError
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("model was built with n_classes=0: no classification head")
+        return self.head(self.encode(X))  # (N, d_Y)
+
+    def zero_shot_logits(self, X: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+        """Cosine logits (N, C) of each model against C class-text embeddings T (C, text_dim)."""
+        if self.zero_shot is None:
+            raise RuntimeError("model was built without text_dim: no zero-shot head")
+        return self.zero_shot(self.encode(X), T)
+
+
+class ProbeX(WeightModel):
+    """ProbeX (Horwitz et al., CVPR 2025): probes passed through the weights, one ReLU.
+
+    Args map to the paper: d_H, d_W — the layer's shape; r_U — number of probes U
+    (d_W × r_U); r_V — width of the shared projection V (d_H × r_V); r_T — width of the
+    representation e; n_classes — d_Y. The per-probe encoders M_l (r_V → r_T, summed over l)
+    are implemented as their exact equivalent, one linear map on the flattened r_U·r_V
+    responses.
+    """
+
+    kind = "probex"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        r_U: int = 128,
+        r_V: int = 128,
+        r_T: int = 512,
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
+        self.U = nn.Parameter(torch.randn(d_W, r_U) / math.sqrt(d_W))  # probes (d_W, r_U)
+        self.V = nn.Linear(d_H, r_V)  # shared projection along d_H
+        self.M = nn.Linear(r_U * r_V, r_T)  # Σ_l M_l as one map
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:
+        Z = X @ self.U  # (N, d_H, r_U): probe responses
+        Z = torch.relu(self.V(Z.transpose(1, 2)))  # (N, r_U, r_V)
+        return self.M(Z.flatten(1))  # (N, r_T)
+
+
+def _standardise(A: torch.Tensor) -> torch.Tensor:
+    """Per-sample standardisation over all entries of A (N, …)."""
+    dims = tuple(range(1, A.ndim))
+    mean = A.mean(dim=dims, keepdim=True)
+    std = A.std(dim=dims, keepdim=True)
+    return (A - mean) / (std + 1e-6)
+
+
+class MultiViewProbe(WeightModel):
+    """MVProbe-style multi-view probe: first- and second-order views from both sides of X.
+
+    Views (r probes each): X U1 (d_H × r), Xᵀ U2 (d_W × r), X (Xᵀ U3) (d_H × r) and
+    Xᵀ (X U4) (d_W × r) — the Gram matrices X Xᵀ, Xᵀ X are never formed. Each view is
+    standardised per sample, projected along its long axis (d_H or d_W → proj_dim), ReLU'd,
+    flattened; the four are concatenated (4·r·proj_dim) and one linear map gives e (r_T).
+    `preprocess` optionally centres ("center") or L2-normalises ("l2") the rows of X first.
+    """
+
+    kind = "mvprobe"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        r: int = 64,
+        proj_dim: int = 32,
+        r_T: int = 512,
+        preprocess: str = "none",
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
+        if preprocess not in ("none", "center", "l2"):
+            raise ValueError(f"unknown preprocess {preprocess!r}")
+        self.preprocess = preprocess
+        self.U1 = nn.Parameter(torch.randn(d_W, r) / math.sqrt(d_W))
+        self.U2 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))
+        self.U3 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))
+        self.U4 = nn.Parameter(torch.randn(d_W, r) / math.sqrt(d_W))
+        self.P = nn.ModuleList(
+            [
+                nn.Linear(d_H, proj_dim),
+                nn.Linear(d_W, proj_dim),
+                nn.Linear(d_H, proj_dim),
+                nn.Linear(d_W, proj_dim),
+            ]
+        )  # per-view projection along the long axis
+        self.out = nn.Linear(4 * r * proj_dim, r_T)
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:
+        if self.preprocess == "center":
+            X = X - X.mean(dim=2, keepdim=True)
+        elif self.preprocess == "l2":
+            X = F.normalize(X, dim=2)
+        Xt = X.transpose(1, 2)  # (N, d_W, d_H)
+        views = (
+            X @ self.U1,  # (N, d_H, r)
+            Xt @ self.U2,  # (N, d_W, r)
+            X @ (Xt @ self.U3),  # (N, d_H, r)
+            Xt @ (X @ self.U4),  # (N, d_W, r)
+        )
+        feats = [
+            torch.relu(P(_standardise(A).transpose(1, 2))).flatten(1)  # (N, r·proj_dim)
+            for P, A in zip(self.P, views, strict=True)
+        ]
+        return self.out(torch.cat(feats, dim=1))  # (N, r_T)
+
+
+class DenseProbe(WeightModel):
+    """Dense baseline: a linear classifier on the flattened layer (d_H·d_W → d_Y).
+
+    Without a bottleneck the representation e *is* the logit vector (r_T = d_Y): the model is
+    one linear layer and has no other hidden space. With `bottleneck=k`, e is a linear
+    d_H·d_W → k map and the head is k → d_Y (still linear overall, but with a usable e).
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        bottleneck: int | None = None,
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        r_T = bottleneck or n_classes
+        super().__init__(r_T, n_classes if bottleneck else 0, text_dim, zs_scale, zs_learn_scale)
+        self.lin = nn.Linear(d_H * d_W, r_T)  # (d_H·d_W → r_T)
+        self.bottleneck = bottleneck
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:
+        return self.lin(X.flatten(1))  # (N, r_T)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        e = self.encode(X)
+        return e if self.head is None else self.head(e)  # (N, d_Y)
+
+
+N_STATS = 17
+
+
+def weight_statistics(X: torch.Tensor) -> torch.Tensor:
+    """Per-layer statistics of X (N, d_H, d_W) → (N, N_STATS).
+
+    mean, std, quantiles (0, 5, 25, 50, 75, 95, 100 %), skew, kurtosis, mean |x|, RMS,
+    row-norm mean/std, column-norm mean/std — the "StatNN" features of Unterthiner et al.
+    plus norms.
+    """
+    flat = X.flatten(1)  # (N, d_H·d_W)
+    mean = flat.mean(1, keepdim=True)
+    std = flat.std(1, keepdim=True)
+    z = (flat - mean) / (std + 1e-12)
+    q = torch.quantile(flat, torch.tensor([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]), dim=1).T
+    rows, cols = X.norm(dim=2), X.norm(dim=1)  # (N, d_H), (N, d_W)
+    return torch.cat(
+        [
+            mean,
+            std,
+            q,
+            (z**3).mean(1, keepdim=True),
+            (z**4).mean(1, keepdim=True),
+            flat.abs().mean(1, keepdim=True),
+            flat.pow(2).mean(1, keepdim=True).sqrt(),
+            rows.mean(1, keepdim=True),
+            rows.std(1, keepdim=True),
+            cols.mean(1, keepdim=True),
+            cols.std(1, keepdim=True),
+        ],
+        dim=1,
+    )
+
+
+class StatNN(WeightModel):
+    """StatNN baseline: weight statistics → a small MLP (hidden width `hidden`, r_T = hidden).
+
+    Features are standardised with buffers set by `fit_stats` on training data (the training
+    loop calls it), so checkpoints carry the normalisation.
+    """
+
+    kind = "statnn"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        hidden: int = 64,
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        super().__init__(hidden, n_classes, text_dim, zs_scale, zs_learn_scale)
+        self.register_buffer("feat_mean", torch.zeros(N_STATS))
+        self.register_buffer("feat_std", torch.ones(N_STATS))
+        self.mlp = nn.Sequential(
+            nn.Linear(N_STATS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+
+    @torch.no_grad()
+    def fit_stats(self, X: torch.Tensor) -> None:
+        f = weight_statistics(X)
+        self.feat_mean.copy_(f.mean(0))
+        self.feat_std.copy_(f.std(0).clamp_min(1e-8) if len(f) > 1 else torch.ones(N_STATS))
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:
+        f = (weight_statistics(X) - self.feat_mean) / self.feat_std  # (N, N_STATS)
+        return self.mlp(f)  # (N, hidden)
+
+
+_KINDS: dict[str, type[WeightModel]] = {
+    "probex": ProbeX,
+    "mvprobe": MultiViewProbe,
+    "dense": DenseProbe,
+    "statnn": StatNN,
+}
+
+
+def build_model(
+    kind: str,
+    d_H: int,
+    d_W: int,
+    n_classes: int,
+    text_dim: int | None = None,
+    seed: int = 0,
+    **hparams: Any,
+) -> WeightModel:
+    """Build a model by kind (probex | mvprobe | dense | statnn); hparams go to its constructor.
+
+    Initialisation is drawn from `seed` without touching the global RNG, so one seed gives one
+    model. The returned model's `config` records kind and all arguments, enough to rebuild it.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _KINDS[kind](d_H, d_W, n_classes, text_dim=text_dim, **hparams)
+    model.config = {
+        "kind": kind,
+        "d_H": d_H,
+        "d_W": d_W,
+        "n_classes": n_classes,
+        "text_dim": text_dim,
+        **hparams,
+    }
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,498 @@
+"""Training experts: seeded loops with best-validation checkpointing, the layer store, sweeps.
+
+Data comes as a `TensorData` (in memory) or a `StackData` (streamed from a layer stack file
+written by `write_layer_stack`); both yield (X (B, d_H, d_W), Y (B, d_Y)) batches. Checkpoints
+and layer stacks are safetensors files with JSON metadata, written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from probex_core.metrics import per_class_accuracy, topk_accuracy
+from probex_core.models import WeightModel, build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float | None = (
+        None  # Adam step size; None → 1e-3 (classify) or 2e-3 (zeroshot), the paper's
+    )
+    weight_decay: float = 1e-5  # Adam (L2) weight decay, the paper's
+    batch_size: int = 128  # models per step, the paper's
+    epochs: int = (
+        500  # maximum passes over the training models (paper: 500 classify, 200 zero-shot)
+    )
+    val_every: int = 25  # validate every this many epochs (and after the last one); paper: 25
+    patience: int | None = None  # stop after this many validations without gain; None = never
+    seed: int = 0  # seeds batch order (model init is seeded by build_model's `seed`)
+    objective: str = "classify"  # "classify" (BCE, multi-hot) | "zeroshot" (CE over class texts)
+
+    @property
+    def step_size(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-3 if self.objective == "zeroshot" else 1e-3
+
+
+class Dataset(Protocol):
+    Y: torch.Tensor  # (N, d_Y) multi-hot
+    shape: tuple[int, int]  # (d_H, d_W)
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def head(self, n: int) -> torch.Tensor: ...
+
+
+@dataclass
+class TensorData:
+    """A whole split in memory: X (N, d_H, d_W) float32, Y (N, d_Y)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.X = self.X.float()
+        self.Y = self.Y.float()
+        if len(self.X) != len(self.Y):
+            raise ValueError(f"X has {len(self.X)} models but Y has {len(self.Y)}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.X.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches when a generator is given, in order otherwise."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size] if order is not None else slice(s, s + batch_size)
+            yield self.X[idx], self.Y[idx]
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.X[:n]
+
+
+# ---------------------------------------------------------------------------- layer store
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_layer_stack(
+    path: str | Path, repo_ids: Sequence[str], X: torch.Tensor | Iterable[torch.Tensor]
+) -> Path:
+    """Write one layer of many models as a safetensors file: tensor "X" (N, d_H, d_W) float32,
+    metadata "repo_ids" (JSON list, row order). `X` may be one tensor or an iterable of
+    (n_i, d_H, d_W) chunks, which are streamed to disk (the header is built from the first
+    chunk's shape and N = len(repo_ids)). The file appears atomically (temp + os.replace).
+    """
+    path = Path(path)
+    ids = list(repo_ids)
+    fd, tmp = _atomic_target(path)
+    try:
+        if isinstance(X, torch.Tensor):
+            os.close(fd)
+            if len(X) != len(ids):
+                raise ValueError(f"{len(ids)} repo_ids for {len(X)} matrices")
+            save_file(
+                {"X": X.detach().float().contiguous()}, tmp, metadata={"repo_ids": json.dumps(ids)}
+            )
+        else:
+            with os.fdopen(fd, "wb") as f:
+                _stream_stack(f, ids, iter(X))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _stream_stack(f: Any, ids: list[str], chunks: Iterator[torch.Tensor]) -> None:
+    """Hand-written safetensors: 8-byte little-endian header size, JSON header, raw bytes."""
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("no chunks to write")
+    d_H, d_W = first.shape[1:]
+    n = len(ids)
+    header = {
+        "__metadata__": {"repo_ids": json.dumps(ids)},
+        "X": {"dtype": "F32", "shape": [n, d_H, d_W], "data_offsets": [0, 4 * n * d_H * d_W]},
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    written = 0
+    for chunk in (first, *chunks):
+        if tuple(chunk.shape[1:]) != (d_H, d_W):
+            raise ValueError(f"chunk shape {tuple(chunk.shape)} differs from {(d_H, d_W)}")
+        f.write(chunk.detach().float().contiguous().numpy().astype("<f4").tobytes())
+        written += len(chunk)
+    if written != n:
+        raise ValueError(f"wrote {written} matrices for {n} repo_ids")
+
+
+class LayerStack:
+    """A read handle on a layer stack file; reads rows lazily through safe_open.get_slice."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f = safe_open(str(self.path), framework="pt")
+        self._slice = self._f.get_slice("X")
+        self.repo_ids: list[str] = json.loads(self._f.metadata()["repo_ids"])
+        self.shape: tuple[int, int, int] = tuple(self._slice.get_shape())  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(
+        self, indices: int | slice | Sequence[int] | np.ndarray | torch.Tensor
+    ) -> torch.Tensor:
+        """Rows by position; contiguous runs of sorted indices are read as one slice each."""
+        if isinstance(indices, slice):
+            return self._slice[indices]
+        if isinstance(indices, int):
+            return self._slice[indices : indices + 1][0]
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) == 0:
+            return torch.empty(0, *self.shape[1:])
+        order = np.argsort(idx, kind="stable")
+        s = idx[order]
+        out = torch.empty(len(idx), *self.shape[1:])
+        start = 0
+        for end in range(1, len(s) + 1):
+            if end == len(s) or s[end] != s[end - 1] + 1:
+                out[torch.from_numpy(order[start:end])] = self._slice[
+                    int(s[start]) : int(s[end - 1]) + 1
+                ]
+                start = end
+        return out
+
+    def iter_chunks(self, chunk_size: int = 256) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), chunk_size):
+            yield self._slice[s : s + chunk_size]
+
+    def close(self) -> None:
+        self._slice = None
+        self._f = None
+
+    def __enter__(self) -> LayerStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_layer_stack(path: str | Path) -> LayerStack:
+    return LayerStack(path)
+
+
+@dataclass
+class StackData:
+    """A split streamed from a layer stack: rows `indices` of `stack`, labels Y (len(indices), d_Y)."""
+
+    stack: LayerStack
+    Y: torch.Tensor
+    indices: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            self.indices = np.arange(len(self.stack))
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+        self.Y = self.Y.float()
+        if len(self.indices) != len(self.Y):
+            raise ValueError(f"{len(self.indices)} rows but {len(self.Y)} labels")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.stack.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for s in range(0, n, batch_size):
+            pos = order[s : s + batch_size].numpy()
+            yield self.stack.read(self.indices[pos]), self.Y[pos]
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.stack.read(self.indices[:n])
+
+
+def as_dataset(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> Dataset:
+    return TensorData(*data) if isinstance(data, tuple) else data
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    model: WeightModel  # with the best-validation weights loaded, in eval mode
+    best_epoch: int  # epoch whose weights were kept (0 = before training)
+    best_metric: float  # validation metric at best_epoch (higher is better)
+    history: list[dict[str, float]] = field(default_factory=list)  # per validation
+    epoch_seconds: float = 0.0  # mean wall time of one training epoch (no validation)
+    metric_name: str = ""
+
+
+def _zero_shot_loss(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy: the target spreads evenly over a model's positive classes
+    (one class → ordinary CE). Rows with no positive among the candidates are ignored."""
+    pos = Y.sum(1)
+    keep = pos > 0
+    target = Y[keep] / pos[keep, None]
+    return -(target * F.log_softmax(logits[keep], dim=1)).sum(1).mean()
+
+
+def _validate(
+    model: WeightModel, val: Dataset, cfg: TrainConfig, texts: torch.Tensor | None
+) -> float:
+    """classify: per-class binary accuracy at 0.5; zeroshot: top-1 among the classes that
+    occur in the validation labels (held-out classes when val is a held-out split)."""
+    if cfg.objective == "classify":
+        probs = predict_proba(model, val, cfg.batch_size)
+        return per_class_accuracy(val.Y.numpy(), probs.numpy())
+    cand = torch.nonzero(val.Y.sum(0) > 0).flatten()
+    scores = zero_shot_scores(model, val, texts[cand], cfg.batch_size)
+    return topk_accuracy(scores.numpy(), val.Y[:, cand].numpy(), k=1)
+
+
+def train_expert(
+    model: WeightModel,
+    train: Dataset | tuple[torch.Tensor, torch.Tensor],
+    val: Dataset | tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig = TrainConfig(),
+    text_embeddings: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+) -> TrainResult:
+    """Train with Adam, validating every `cfg.val_every` epochs; return the best-val weights.
+
+    classify: BCE-with-logits over the multi-hot Y (N, d_Y).
+    zeroshot: `text_embeddings` (d_Y, text_dim) gives one text per column of Y; the loss is
+    soft-target cross-entropy over the texts of the classes seen in training (columns with a
+    positive in `train`), so held-out columns never leak into training.
+    `class_names` (d_Y) are only checked against Y's width and recorded in the history.
+    Deterministic: batch order is seeded by `cfg.seed`, and all ops run on the CPU.
+    """
+    train, val = as_dataset(train), as_dataset(val)
+    if class_names is not None and len(class_names) != train.Y.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for {train.Y.shape[1]} label columns")
+    texts = None
+    if cfg.objective == "zeroshot":
+        if text_embeddings is None:
+            raise ValueError("objective 'zeroshot' needs text_embeddings")
+        texts = text_embeddings.float()
+        seen = torch.nonzero(train.Y.sum(0) > 0).flatten()
+    elif cfg.objective != "classify":
+        raise ValueError(f"unknown objective {cfg.objective!r}")
+
+    if hasattr(model, "fit_stats"):
+        model.fit_stats(train.head(2048))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.step_size, weight_decay=cfg.weight_decay)
+
+    model.eval()
+    best_metric, best_epoch = _validate(model, val, cfg, texts), 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = [{"epoch": 0, "train_loss": math.nan, "val": best_metric}]
+    stale, train_time = 0, 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for X, Y in train.batches(cfg.batch_size, gen):
+            if cfg.objective == "classify":
+                loss = F.binary_cross_entropy_with_logits(model(X), Y)
+            else:
+                loss = _zero_shot_loss(model.zero_shot_logits(X, texts[seen]), Y[:, seen])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(X)
+            count += len(X)
+        train_time += time.perf_counter() - t0
+        if epoch % cfg.val_every and epoch != cfg.epochs:
+            continue
+        model.eval()
+        metric = _validate(model, val, cfg, texts)
+        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val": metric})
+        if metric > best_metric:
+            best_metric, best_epoch, stale = metric, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if cfg.patience is not None and stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    n_epochs = max(history[-1]["epoch"], 1)
+    name = "per_class_accuracy" if cfg.objective == "classify" else "zero_shot_top1"
+    return TrainResult(model, best_epoch, best_metric, history, train_time / n_epochs, name)
+
+
+@torch.no_grad()
+def _map_batches(fn: Any, data: Dataset | torch.Tensor, batch_size: int) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        data = TensorData(data, torch.zeros(len(data), 0))
+    outs = [fn(X) for X, _ in data.batches(batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def predict_proba(
+    model: WeightModel, data: Dataset | torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """Sigmoid class probabilities (N, d_Y)."""
+    model.eval()
+    return _map_batches(lambda X: torch.sigmoid(model(X)), data, batch_size)
+
+
+def embed(model: WeightModel, data: Dataset | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Representations e (N, r_T)."""
+    model.eval()
+    return _map_batches(model.encode, data, batch_size)
+
+
+def zero_shot_scores(
+    model: WeightModel, data: Dataset | torch.Tensor, texts: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """Cosine logits (N, C) against C candidate class texts (C, text_dim)."""
+    model.eval()
+    return _map_batches(lambda X: model.zero_shot_logits(X, texts), data, batch_size)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_expert(
+    path: str | Path, model: WeightModel, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Weights as safetensors; metadata "probex_config" (build_model arguments) and
+    "probex_meta" (caller's JSON-able dict). Written atomically; no pickle."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "probex_config": json.dumps(model.config),
+        "probex_meta": json.dumps(dict(meta or {})),
+    }
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_expert(path: str | Path) -> tuple[WeightModel, dict[str, Any]]:
+    """Rebuild the model from its stored config and load its weights (eval mode)."""
+    with safe_open(str(path), framework="pt") as f:
+        md = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(md["probex_config"])
+    model = build_model(**config)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, json.loads(md.get("probex_meta", "{}"))
+
+
+# ---------------------------------------------------------------------------- sweeps, baselines
+
+
+@dataclass
+class SweepResult:
+    best_layer: str
+    curve: dict[str, float]  # layer → best validation metric
+    results: dict[str, TrainResult]
+
+
+def layer_sweep(
+    datasets_by_layer: Mapping[str, tuple[Dataset, Dataset]],
+    kind: str = "probex",
+    cfg: TrainConfig = TrainConfig(epochs=50, val_every=10),
+    seed: int = 0,
+    **hparams: Any,
+) -> SweepResult:
+    """Train one cheap expert per candidate layer ((train, val) each) and pick the best on
+    validation — the paper's protocol for choosing the layer an expert reads."""
+    results: dict[str, TrainResult] = {}
+    for name, (tr, va) in datasets_by_layer.items():
+        tr, va = as_dataset(tr), as_dataset(va)
+        d_H, d_W = tr.shape
+        model = build_model(kind, d_H, d_W, tr.Y.shape[1], seed=seed, **hparams)
+        results[name] = train_expert(model, tr, va, cfg)
+    curve = {name: r.best_metric for name, r in results.items()}
+    return SweepResult(max(curve, key=curve.__getitem__), curve, results)
+
+
+def pad_to(X: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (N, h, w) to (N, *shape) at the bottom/right."""
+    h, w = X.shape[1:]
+    return F.pad(X, (0, shape[1] - w, 0, shape[0] - h))
+
+
+@dataclass
+class SharedBaseline:
+    result: TrainResult
+    shape: tuple[int, int]  # every input is zero-padded to this shape
+
+    def prepare(self, X: torch.Tensor) -> torch.Tensor:
+        return pad_to(X, self.shape)
+
+
+def train_shared_baseline(
+    trees: Sequence[tuple[Dataset, Dataset]],
+    kind: str = "probex",
+    cfg: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    **hparams: Any,
+) -> SharedBaseline:
+    """ONE model over several trees ((train, val) per tree, one shared class list): matrices of
+    different shapes are zero-padded to the largest (d_H, d_W) and pooled. Compare its test
+    accuracy per tree with one expert per tree to measure the nuisance across trees.
+    In-memory only: pooled trees must fit (use kind="statnn" for shape-free statistics)."""
+    trees = [(as_dataset(a), as_dataset(b)) for a, b in trees]
+    shape = (max(t[0].shape[0] for t in trees), max(t[0].shape[1] for t in trees))
+
+    def pool(split: int) -> TensorData:
+        Xs = [pad_to(t[split].head(len(t[split])), shape) for t in trees]
+        return TensorData(torch.cat(Xs), torch.cat([t[split].Y for t in trees]))
+
+    tr, va = pool(0), pool(1)
+    model = build_model(kind, *shape, tr.Y.shape[1], seed=seed, **hparams)
+    return SharedBaseline(train_expert(model, tr, va, cfg), shape)

@@ -1,0 +1,87 @@
+"""Metrics on cases small enough to compute by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probex_core.metrics import (
+    knn_accuracy,
+    mean_average_precision,
+    one_class_auc,
+    per_class_accuracy,
+    retrieval,
+    set_f1,
+    topk_accuracy,
+)
+
+Y = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 0]])
+P = np.array([[0.9, 0.2, 0.4], [0.1, 0.7, 0.6], [0.6, 0.1, 0.8], [0.8, 0.3, 0.2]])
+
+
+def test_per_class_accuracy() -> None:
+    # predictions at 0.5: [[1,0,0],[0,1,1],[1,0,1],[1,0,0]]
+    # class 0: 3/4 correct, class 1: 3/4, class 2: 3/4 → 0.75
+    assert per_class_accuracy(Y, P) == pytest.approx(0.75)
+    assert per_class_accuracy(Y, P, class_mask=np.array([True, False, False])) == 0.75
+    assert per_class_accuracy(Y, np.zeros_like(P)) == pytest.approx((2 / 4 + 2 / 4 + 1 / 4) / 3)
+    assert np.isnan(per_class_accuracy(Y, P, class_mask=np.zeros(3, bool)))
+
+
+def test_mean_average_precision() -> None:
+    # class 0 ranking by score: m0(.9,+) m3(.8,+) → AP 1; class 1: m1(.7,+) m3(.3,+) m0(.2) m2 → 1
+    # class 2: m2(.8,+) m1(.6,+) m0(.4,+) m3(.2,-) → 1
+    assert mean_average_precision(Y, P) == pytest.approx(1.0)
+    # reversed scores on class 0: positives at ranks 3 and 4 → AP = (1/3 + 2/4) / 2
+    Q = P.copy()
+    Q[:, 0] = -P[:, 0]
+    ap0 = (1 / 3 + 2 / 4) / 2
+    assert mean_average_precision(Y, Q, np.array([True, False, False])) == pytest.approx(ap0)
+
+
+def test_set_f1() -> None:
+    pred = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0]])
+    # F1 per row: 2·1/(2+1)=2/3, 1, 0, 0
+    assert set_f1(Y, pred) == pytest.approx((2 / 3 + 1) / 4)
+    assert set_f1(np.zeros((1, 3)), np.zeros((1, 3))) == 1.0
+
+
+def test_topk_accuracy() -> None:
+    scores = np.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    assert topk_accuracy(scores, np.array([1, 1, 0]), k=1) == pytest.approx(1 / 3)
+    # k=2: row 1's tie (0.05, 0.05) resolves to the lower index, class 1 → a hit
+    assert topk_accuracy(scores, np.array([1, 1, 0]), k=2) == pytest.approx(2 / 3)
+    assert topk_accuracy(scores, np.array([1, 1, 0]), k=3) == 1.0
+    assert topk_accuracy(scores, np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0]]), k=1) == 2 / 3
+
+
+def test_knn_accuracy() -> None:
+    train = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]])
+    test = np.array([[1, 0.05], [0.05, 1]])
+    assert knn_accuracy(train, np.array([0, 0, 1, 1]), test, np.array([0, 0]), k=1) == 0.5
+    multi = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    assert knn_accuracy(train, multi, test, np.array([[1, 0], [0, 1]]), k=2) == 1.0
+
+
+@pytest.mark.parametrize("method", ["knn", "mahalanobis"])
+def test_one_class_auc(method: str) -> None:
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(50, 3))
+    test = np.vstack([rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 6])
+    is_normal = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    assert one_class_auc(normal, test, is_normal, method=method) == 1.0
+    assert one_class_auc(normal, test, ~is_normal, method=method) == 0.0
+
+
+def test_retrieval() -> None:
+    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
+    r = retrieval(emb, np.array([0, 0, 1, 1]), k=1)
+    assert r == {"precision_at_k": 1.0, "mAP": 1.0}
+    # labels crossed: every nearest neighbour is wrong. Rankings: q0 → 1, 3, 2 (relevant 2 at
+    # rank 3, AP 1/3); q1 → 0, 3, 2 (AP 1/2); q2 → 3, 1, 0 (AP 1/3); q3 → 2, 1, 0 (AP 1/2)
+    r = retrieval(emb, np.array([0, 1, 0, 1]), k=1)
+    assert r["precision_at_k"] == 0.0
+    assert r["mAP"] == pytest.approx(5 / 12)
+    multi = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1], [0, 1, 1]])
+    assert retrieval(emb, multi, k=1)["precision_at_k"] == 1.0
+    assert retrieval(emb, multi, k=3, min_jaccard=0.3)["precision_at_k"] == 1.0

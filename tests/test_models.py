@@ -1,0 +1,102 @@
+"""Shapes, parameter counts and seeding of the expert models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probex_core.models import (
+    MODEL_KINDS,
+    N_STATS,
+    build_model,
+    count_parameters,
+    weight_statistics,
+)
+
+torch.set_num_threads(1)
+
+SMALL = {
+    "probex": {"r_U": 4, "r_V": 5, "r_T": 6},
+    "mvprobe": {"r": 3, "proj_dim": 4, "r_T": 6},
+    "dense": {"bottleneck": 6},
+    "statnn": {"hidden": 6},
+}
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_shapes(kind: str) -> None:
+    model = build_model(kind, 7, 9, 3, text_dim=5, **SMALL[kind])
+    X = torch.randn(4, 7, 9)
+    assert model(X).shape == (4, 3)
+    assert model.encode(X).shape == (4, 6)
+    assert model.zero_shot_logits(X, torch.randn(11, 5)).shape == (4, 11)
+
+
+def test_dense_without_bottleneck_encodes_to_logits() -> None:
+    model = build_model("dense", 7, 9, 3)
+    X = torch.randn(4, 7, 9)
+    assert torch.equal(model.encode(X), model(X))
+    assert count_parameters(model) == 7 * 9 * 3 + 3
+
+
+def test_probex_parameter_count_matches_paper_formula() -> None:
+    d_H, d_W, r_U, r_V, r_T, d_Y = 10, 12, 4, 5, 6, 3
+    model = build_model("probex", d_H, d_W, d_Y, r_U=r_U, r_V=r_V, r_T=r_T)
+    weights = d_W * r_U + d_H * r_V + r_U * r_V * r_T + r_T * d_Y
+    biases = r_V + r_T + d_Y
+    assert count_parameters(model) == weights + biases
+
+
+def test_probex_equals_sum_of_per_probe_encoders() -> None:
+    """The flattened linear map is the paper's Σ_l M_l relu(Vᵀ X u_l)."""
+    model = build_model("probex", 6, 8, 2, r_U=3, r_V=4, r_T=5)
+    X = torch.randn(2, 6, 8)
+    M = model.M.weight.reshape(5, 3, 4)  # (r_T, r_U, r_V): flatten order is (probe, proj)
+    total = model.M.bias.expand(2, 5).clone()
+    for j in range(3):
+        resp = torch.relu(model.V(X @ model.U[:, j]))  # (N, r_V)
+        total = total + resp @ M[:, j, :].T
+    assert torch.allclose(model.encode(X), total, atol=1e-5)
+
+
+@pytest.mark.parametrize("preprocess", ["none", "center", "l2"])
+def test_mvprobe_preprocess(preprocess: str) -> None:
+    model = build_model("mvprobe", 7, 9, 3, preprocess=preprocess, **SMALL["mvprobe"])
+    assert torch.isfinite(model(torch.randn(2, 7, 9))).all()
+
+
+def test_seeded_init() -> None:
+    a = build_model("probex", 7, 9, 3, seed=1, **SMALL["probex"])
+    b = build_model("probex", 7, 9, 3, seed=1, **SMALL["probex"])
+    c = build_model("probex", 7, 9, 3, seed=2, **SMALL["probex"])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.U, c.U)
+    assert a.config == {
+        "kind": "probex",
+        "d_H": 7,
+        "d_W": 9,
+        "n_classes": 3,
+        "text_dim": None,
+        **SMALL["probex"],
+    }
+
+
+def test_unknown_kind_and_missing_heads() -> None:
+    with pytest.raises(ValueError):
+        build_model("transformer", 3, 3, 2)
+    with pytest.raises(RuntimeError):
+        build_model("probex", 3, 3, 2, **SMALL["probex"]).zero_shot_logits(
+            torch.randn(1, 3, 3), torch.randn(2, 4)
+        )
+    with pytest.raises(RuntimeError):
+        build_model("probex", 3, 3, 0, text_dim=4, **SMALL["probex"])(torch.randn(1, 3, 3))
+
+
+def test_weight_statistics_by_hand() -> None:
+    X = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    f = weight_statistics(X)
+    assert f.shape == (1, N_STATS)
+    assert f[0, 0] == pytest.approx(2.5)  # mean
+    assert f[0, 1] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item())
+    assert f[0, 2] == pytest.approx(1.0) and f[0, 8] == pytest.approx(4.0)  # min, max
+    assert f[0, 5] == pytest.approx(2.5)  # median

@@ -1,0 +1,185 @@
+"""Property tests of training: a planted signal is learned, shuffled labels are not, runs are
+reproducible, checkpoints round-trip exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from probex_core.metrics import per_class_accuracy, topk_accuracy
+from probex_core.models import build_model
+from probex_core.synthetic import SyntheticConfig, make_tree, make_trees
+from probex_core.train import (
+    TensorData,
+    TrainConfig,
+    embed,
+    layer_sweep,
+    load_expert,
+    predict_proba,
+    save_expert,
+    train_expert,
+    train_shared_baseline,
+    zero_shot_scores,
+)
+
+torch.set_num_threads(1)
+
+PROBEX = {"r_U": 16, "r_V": 16, "r_T": 32}
+FAST = TrainConfig(epochs=40, val_every=10, batch_size=32)
+# 8 classes, 4 positives per model: a constant predictor scores exactly 0.5.
+EASY = SyntheticConfig(n_models=300, n_classes=8, classes_per_model=4)
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, TensorData]:
+    tree = make_tree(EASY, seed=0)
+    idx = tree.split((0.6, 0.2), seed=0)
+    return {k: TensorData(tree.X[v], tree.Y[v]) for k, v in idx.items()}
+
+
+def _test_accuracy(model, test: TensorData) -> float:
+    return per_class_accuracy(test.Y.numpy(), predict_proba(model, test).numpy())
+
+
+def test_planted_signal_is_learned_and_shuffled_labels_are_not(splits) -> None:
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    learned = train_expert(build_model("probex", 32, 48, 8, **PROBEX), tr, va, FAST)
+    assert _test_accuracy(learned.model, te) >= 0.95
+
+    perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(1))
+    shuffled = train_expert(
+        build_model("probex", 32, 48, 8, **PROBEX), TensorData(tr.X, tr.Y[perm]), va, FAST
+    )
+    assert _test_accuracy(shuffled.model, te) <= 0.60
+
+
+@pytest.mark.parametrize(
+    ("kind", "hp", "floor"),
+    [
+        ("mvprobe", {"r": 8, "proj_dim": 8, "r_T": 32}, 0.9),
+        ("dense", {}, 0.9),
+        ("statnn", {}, 0.57),  # statistics carry only a weak trace of the classes (paper: ≈ 0.55)
+    ],
+)
+def test_multiview_and_baselines_beat_chance(splits, kind: str, hp: dict, floor: float) -> None:
+    res = train_expert(build_model(kind, 32, 48, 8, **hp), splits["train"], splits["val"], FAST)
+    assert _test_accuracy(res.model, splits["test"]) >= floor
+    assert res.best_metric == max(h["val"] for h in res.history)
+
+
+def test_one_seed_gives_identical_weights(splits) -> None:
+    cfg = TrainConfig(epochs=6, val_every=3, batch_size=32, seed=5)
+    runs = [
+        train_expert(
+            build_model("probex", 32, 48, 8, seed=3, **PROBEX), splits["train"], splits["val"], cfg
+        ).model.state_dict()
+        for _ in range(2)
+    ]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    other = train_expert(
+        build_model("probex", 32, 48, 8, seed=3, **PROBEX),
+        splits["train"],
+        splits["val"],
+        TrainConfig(epochs=6, val_every=3, batch_size=32, seed=6),
+    )
+    assert not torch.equal(runs[0]["U"], other.model.state_dict()["U"])
+
+
+@pytest.mark.parametrize("kind", ["probex", "mvprobe", "statnn", "dense"])
+def test_save_load_reproduces_predictions_exactly(tmp_path: Path, splits, kind: str) -> None:
+    hp = {"probex": PROBEX, "mvprobe": {"r": 4, "proj_dim": 4, "r_T": 8}}.get(kind, {})
+    model = build_model(kind, 32, 48, 8, text_dim=6, **hp)
+    res = train_expert(model, splits["train"], splits["val"], TrainConfig(epochs=2, val_every=1))
+    path = save_expert(tmp_path / "e" / "expert.safetensors", res.model, {"layer": "fc1"})
+    loaded, meta = load_expert(path)
+    assert meta == {"layer": "fc1"} and loaded.config == res.model.config
+    X, T = splits["test"].X, torch.randn(5, 6)
+    assert torch.equal(predict_proba(loaded, X), predict_proba(res.model, X))
+    assert torch.equal(embed(loaded, X), embed(res.model, X))
+    assert torch.equal(zero_shot_scores(loaded, X, T), zero_shot_scores(res.model, X, T))
+    assert [p.name for p in path.parent.iterdir()] == ["expert.safetensors"]  # no temp left
+    assert b"pickle" not in path.read_bytes()[:200]
+
+
+def _zero_shot_run(shuffle: bool) -> float:
+    """16 single-class models' classes; train on 10, score top-1 among the 6 held-out texts."""
+    tree = make_tree(
+        SyntheticConfig(n_models=400, n_classes=16, classes_per_model=1, latent_dim=6), seed=2
+    )
+    held = tree.Y[:, 10:].sum(1) > 0
+    seen, ho = torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
+    Y = tree.Y[seen]
+    if shuffle:
+        Y = Y[torch.randperm(len(Y), generator=torch.Generator().manual_seed(3))]
+    half = len(ho) // 2
+    model = build_model("probex", 32, 48, 0, text_dim=24, **PROBEX)
+    res = train_expert(
+        model,
+        TensorData(tree.X[seen], Y),
+        TensorData(tree.X[ho[:half]], tree.Y[ho[:half]]),
+        TrainConfig(objective="zeroshot", epochs=30, val_every=10, batch_size=32),
+        text_embeddings=tree.texts,
+        class_names=tree.class_names,
+    )
+    assert res.metric_name == "zero_shot_top1"
+    test = TensorData(tree.X[ho[half:]], tree.Y[ho[half:]])
+    scores = zero_shot_scores(res.model, test, tree.texts[10:])
+    return topk_accuracy(scores.numpy(), test.Y[:, 10:].numpy(), k=1)
+
+
+def test_zero_shot_learns_text_aligned_signal_on_heldout_classes() -> None:
+    learned, shuffled = _zero_shot_run(False), _zero_shot_run(True)  # chance = 1/6
+    assert learned >= 0.5
+    assert shuffled <= 0.4
+    assert learned - shuffled >= 0.2
+
+
+def test_zeroshot_defaults_and_validation() -> None:
+    assert TrainConfig().step_size == 1e-3
+    assert TrainConfig(objective="zeroshot").step_size == 2e-3
+    data = TensorData(torch.randn(4, 3, 3), torch.ones(4, 2))
+    with pytest.raises(ValueError):
+        train_expert(
+            build_model("probex", 3, 3, 2, text_dim=4),
+            data,
+            data,
+            TrainConfig(objective="zeroshot", epochs=1),
+        )
+
+
+def test_early_stopping_keeps_best(splits) -> None:
+    cfg = TrainConfig(epochs=400, val_every=1, batch_size=64, patience=3, lr=1e-2)
+    res = train_expert(build_model("dense", 32, 48, 8), splits["train"], splits["val"], cfg)
+    last = res.history[-1]["epoch"]
+    assert last < 400 and last - res.best_epoch == 3
+
+
+def test_layer_sweep_picks_the_layer_with_signal(splits) -> None:
+    noise = {k: TensorData(torch.randn_like(d.X), d.Y) for k, d in splits.items()}
+    sweep = layer_sweep(
+        {"noise": (noise["train"], noise["val"]), "signal": (splits["train"], splits["val"])},
+        "probex",
+        TrainConfig(epochs=15, val_every=5, batch_size=32),
+        **PROBEX,
+    )
+    assert sweep.best_layer == "signal"
+    assert sweep.curve["signal"] > sweep.curve["noise"] + 0.2
+
+
+def test_shared_baseline_spans_trees_of_different_shapes() -> None:
+    cfg = SyntheticConfig(n_models=60, n_classes=6, classes_per_model=3)
+    trees = make_trees(cfg, n_trees=2, shapes=[(16, 24), (20, 12)])
+    data = []
+    for t in trees:
+        idx = t.split((0.7, 0.3))
+        data.append(
+            (
+                TensorData(t.X[idx["train"]], t.Y[idx["train"]]),
+                TensorData(t.X[idx["val"]], t.Y[idx["val"]]),
+            )
+        )
+    shared = train_shared_baseline(data, "probex", TrainConfig(epochs=2, val_every=1), **PROBEX)
+    assert shared.shape == (20, 24)
+    assert predict_proba(shared.result.model, shared.prepare(trees[1].X)).shape == (60, 6)
