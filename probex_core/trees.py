@@ -31,7 +31,6 @@ import networkx as nx
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import squareform
 
 from probex_core.canon import find_layers
@@ -64,7 +63,6 @@ class TreeConfig:
     min_direction_votes: int = 3  # declared in-cluster edges needed before a group votes
     min_gap_ratio: float = 2.5  # a merge-height jump at least this large separates trees
     min_split_distance: float = 0.5  # relative distance below which models are never split
-    max_parent_candidates: int = 32  # nearest neighbours kept as candidate parents per model
     min_adapter_alignment: float = 1.5  # LoRA: alignment a base must reach to count as found
 
 
@@ -298,10 +296,6 @@ def arborescence(d: np.ndarray, kurt: np.ndarray, direction: str, config: TreeCo
     between a parent (one step away) and a grandparent (√2 steps), and kurtosis noise then
     rewires edges. The default scale is therefore the mean nearest-neighbour distance — one
     typical edge — which keeps the cue a tie-breaker for direction, as intended.
-
-    Candidate parents are each model's `max_parent_candidates` nearest neighbours plus both
-    directions of the undirected minimum spanning tree (which guarantees a spanning
-    arborescence exists), so a 1,000-model tree is a sparse graph, not a million edges.
     """
     n = d.shape[0]
     if n == 1:
@@ -314,20 +308,120 @@ def arborescence(d: np.ndarray, kurt: np.ndarray, direction: str, config: TreeCo
     nearest = off.argmin(axis=1)
     unit = float(np.median(np.abs(kurt - kurt[nearest]))) if config.graded_cue else None
     cost = d + config.direction_lambda * scale * direction_penalty(kurt, direction, unit)
-    k = min(config.max_parent_candidates, n - 1)
-    near = np.argpartition(off, k - 1, axis=0)[:k]  # near[:, c]: candidate parents of c
-    edges = {(int(p), int(c)) for c in range(n) for p in near[:, c]}
-    mst = minimum_spanning_tree(d + 1e-12).tocoo()  # +ε: zero distances are still edges
-    for i, j in zip(mst.row, mst.col, strict=True):
-        edges.add((int(i), int(j)))
-        edges.add((int(j), int(i)))
-    g = nx.DiGraph()
-    g.add_nodes_from(range(n))
-    g.add_weighted_edges_from((p, c, float(cost[p, c])) for p, c in edges)
-    tree = nx.minimum_spanning_arborescence(g, attr="weight")
+    return min_arborescence(cost)
+
+
+def min_arborescence(cost: np.ndarray) -> np.ndarray:
+    """Minimum spanning arborescence of a dense digraph, any root (cost[p, c]: edge p → c).
+
+    A virtual root with one very expensive edge to every node makes the best root part of
+    the optimisation: exactly one of those edges is used. Chu-Liu/Edmonds in Tarjan's
+    contraction-forest form on a dense matrix: O(n²) numpy work, O(n) Python steps. (The
+    networkx implementation copies its multigraph at each contraction and took ~10 s for a
+    100-model tree here; a tree's root is absorbed into one growing cycle after another, so
+    the textbook recursion is n levels deep.) Returns parent indices, -1 for the root.
+    """
+    n = cost.shape[0]
+    finite = cost[np.isfinite(cost)]
+    big = (n + 1) * (float(np.abs(finite).max()) if finite.size else 1.0) + 1.0
+    full = np.full((n + 1, n + 1), np.inf)
+    full[1:, 1:] = cost
+    full[0, 1:] = big
+    return _edmonds_dense(full, 0)[1:] - 1
+
+
+def _edmonds_dense(cost: np.ndarray, root: int) -> np.ndarray:
+    """Parent of every node in the minimum arborescence rooted at `root`."""
+    n = cost.shape[0]
+    w = cost.astype(float).copy()
+    np.fill_diagonal(w, np.inf)
+    w[:, root] = np.inf
+    src = np.repeat(np.arange(n)[:, None], n, axis=1)  # src[a, b]: original tail of slot edge a→b
+    dst = np.repeat(np.arange(n)[None, :], n, axis=0)  # dst[a, b]: original head
+    node_of = list(range(n))  # slot → contraction-forest node currently living there
+    up: list[int] = [-1] * n  # forest parent
+    kids: list[list[int]] = [[] for _ in range(n)]
+    inedge: list[tuple[int, int]] = [(-1, -1)] * n  # forest node → chosen original edge
+    w_in = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    done[root] = True
+    on_path = np.zeros(n, dtype=bool)
+    rows = np.arange(n)
+    for start in range(n):
+        if done[start]:
+            continue
+        path = [start]
+        on_path[start] = True
+        while True:
+            a = path[-1]
+            b = int(np.argmin(w[:, a]))
+            inedge[node_of[a]] = (int(src[b, a]), int(dst[b, a]))
+            w_in[a] = w[b, a]
+            if done[b]:
+                done[path] = True
+                on_path[path] = False
+                break
+            if not on_path[b]:
+                path.append(b)
+                on_path[b] = True
+                continue
+            cyc = []
+            while True:
+                x = path.pop()
+                cyc.append(x)
+                if x == b:
+                    break
+            cyc_a = np.array(cyc)
+            new_id = len(up)
+            up.append(-1)
+            kids.append([node_of[x] for x in cyc])
+            inedge.append((-1, -1))
+            for x in cyc:
+                up[node_of[x]] = new_id
+            col = w[:, cyc_a] - w_in[cyc_a][None, :]  # entering the cycle replaces one edge
+            ci = col.argmin(axis=1)
+            row = w[cyc_a, :]
+            ri = row.argmin(axis=0)
+            keep = cyc[0]
+            new_col = col[rows, ci]
+            new_src_c, new_dst_c = src[rows, cyc_a[ci]], dst[rows, cyc_a[ci]]
+            new_row = row[ri, rows]
+            new_src_r, new_dst_r = src[cyc_a[ri], rows], dst[cyc_a[ri], rows]
+            w[:, keep], src[:, keep], dst[:, keep] = new_col, new_src_c, new_dst_c
+            w[keep, :], src[keep, :], dst[keep, :] = new_row, new_src_r, new_dst_r
+            w[cyc_a, :] = np.inf
+            w[:, cyc_a] = np.inf
+            w[keep, :] = np.where(np.isin(rows, cyc_a), np.inf, new_row)
+            w[:, keep] = np.where(np.isin(rows, cyc_a), np.inf, new_col)
+            w[:, root] = np.inf
+            done[cyc_a] = True  # retired slots (keep is reopened below)
+            done[keep] = False
+            on_path[cyc_a] = False
+            node_of[keep] = new_id
+            path.append(keep)
+            on_path[keep] = True
     parent = np.full(n, -1)
-    for p, c in tree.edges():
-        parent[c] = p
+    deleted = [False] * len(up)
+    roots: list[int] = []
+
+    def dismantle(leaf: int, top: int | None) -> None:
+        prev, y = -1, leaf
+        while y != -1:
+            deleted[y] = True
+            roots.extend(k for k in kids[y] if k != prev)
+            if y == top:
+                break
+            prev, y = y, up[y]
+
+    dismantle(root, None)
+    roots.extend(x for x in range(len(up)) if up[x] == -1)
+    while roots:
+        x = roots.pop()
+        if deleted[x]:
+            continue
+        u, v = inedge[x]
+        parent[v] = u
+        dismantle(v, x)
     return parent
 
 
@@ -665,6 +759,7 @@ __all__ = [
     "distances_to",
     "is_head_layer",
     "layer_scales",
+    "min_arborescence",
     "pairwise_distances",
     "recover_trees",
     "score_recovery",

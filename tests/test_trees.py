@@ -154,3 +154,28 @@ def test_scores_can_fail():
     s = score_recovery(rec, bad)
     assert s["ari"] < 1.0 and s["edge_accuracy"] == 0.0
     assert np.isclose(score_recovery(rec, truth)["ari"], 1.0)
+
+
+def test_dense_edmonds_matches_networkx_on_random_graphs():
+    import networkx as nx
+
+    from probex_core.trees import min_arborescence
+
+    rng = np.random.default_rng(0)
+    for t in range(150):
+        n = int(rng.integers(2, 12))
+        c = rng.random((n, n)) * 10
+        if t % 3 == 0:
+            c = np.round(c)  # ties
+        parent = min_arborescence(c)
+        assert (parent < 0).sum() == 1
+        for v in range(n):  # every node reaches the root: no cycles
+            seen, x = set(), v
+            while x >= 0:
+                assert x not in seen
+                seen.add(x)
+                x = parent[x]
+        g = nx.DiGraph()
+        g.add_weighted_edges_from((i, j, c[i, j]) for i in range(n) for j in range(n) if i != j)
+        best = sum(c[u, v] for u, v in nx.minimum_spanning_arborescence(g).edges())
+        assert sum(c[p, i] for i, p in enumerate(parent) if p >= 0) == pytest.approx(best)

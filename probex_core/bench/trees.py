@@ -43,9 +43,11 @@ def _init(shape: tuple[int, int], g: torch.Generator) -> torch.Tensor:
 
 
 def _finetune(w: torch.Tensor, step: float, g: torch.Generator) -> torch.Tensor:
-    """Parent + a sparse heavy-tailed update of relative norm `step` that pushes the touched
-    weights outward (|t|·sign(w)): outliers grow, so kurtosis rises, as MoTHer observed."""
-    mask = torch.rand(w.shape, generator=g) < 0.05
+    """Parent + a sparse heavy-tailed update of relative norm `step` that makes outliers
+    grow: half of the top-decile |w| entries (a random half per child) move outward by
+    |t|·sign(w). Kurtosis therefore rises, the regularity MoTHer's direction cue relies on."""
+    top = w.abs() >= w.abs().flatten().quantile(0.9)
+    mask = top & (torch.rand(w.shape, generator=g) < 0.5)
     delta = _student_t(w.shape, g).abs() * torch.sign(w) * mask
     delta = delta * (step * w.norm() / delta.norm().clamp_min(1e-12))
     return w + delta
@@ -108,17 +110,18 @@ def synthetic_forest(
 
 
 def synthetic_edges(n: int, seed: int = 0, roots: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """n declared edges (child index, base index or -1): each repo's base is an earlier repo.
+    """n declared edges (child index, base index or -1); every base is an earlier repo.
 
-    Bases are drawn from the most recent repos so trees grow deep (up to tens of levels),
-    like chains of fine-tunes of fine-tunes on the hub.
+    Like the hub, most repos fine-tune a foundation model directly (70%: a random root);
+    the rest fine-tune any earlier repo, which grows chains of fine-tunes of fine-tunes
+    (depth ~ log n).
     """
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
-    back = rng.geometric(0.02, size=n)
-    base = idx - back
+    base = np.floor(rng.random(n) * np.maximum(idx, 1)).astype(np.int64)
+    direct = rng.random(n) < 0.7
+    base[direct] = rng.integers(0, roots, size=int(direct.sum()))
     base[:roots] = -1
-    base[base < 0] = -1
     return idx, base
 
 
