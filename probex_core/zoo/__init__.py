@@ -1,0 +1,14 @@
+"""The built-in model zoo: real Model Trees trained on the CPU and written as a local hub."""
+
+from probex_core.zoo.generate import ZooTrainingError, format_summary, generate_zoo
+from probex_core.zoo.presets import PRESETS, Splits, TreeSpec, ZooPreset
+
+__all__ = [
+    "PRESETS",
+    "Splits",
+    "TreeSpec",
+    "ZooPreset",
+    "ZooTrainingError",
+    "format_summary",
+    "generate_zoo",
+]

@@ -1,0 +1,172 @@
+"""Zoo presets: which trees to grow, how big, and how each model is trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from probex_core.zoo.archs import CNN, MLP, ViT
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Descendants per split. train/val are documented; test and the holdout splits are not."""
+
+    train: int  # documented, seen classes only; experts learn from these
+    val: int  # documented, seen classes only
+    test: int  # undocumented, seen classes only
+    val_holdout: int  # undocumented, trained on held-out classes too (zero-shot validation)
+    test_holdout: int  # undocumented, trained on held-out classes too (zero-shot test)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """One Model Tree: a pretrained root and its fine-tuned (or LoRA) descendants."""
+
+    tree_id: str  # ground-truth tree name; never appears in the hub, only in the manifest
+    arch: MLP | CNN | ViT  # the root's architecture (LoRA trees adapt an MLP root)
+    root_repo: str  # foundation-style repo id of the root
+    splits: Splits  # how many descendants per split
+    kind: str = "full"  # "full" fine-tunes, or "lora" one-class adapters
+    children: int = 0  # >0: multi-level; each first-level fine-tune gets this many children
+    root_steps: int = 1500  # pretraining steps of the root on all classes
+    root_lr: float = 2e-3  # pretraining peak learning rate (cosine schedule)
+    steps: tuple[int, int] = (60, 120)  # fine-tune steps, drawn uniformly per model
+    lr: tuple[float, float] = (1e-3, 4e-3)  # fine-tune peak lr, drawn log-uniformly
+    batch_size: int = 64  # fine-tune batch size (shared so models batch together)
+
+
+@dataclass(frozen=True)
+class ZooPreset:
+    """A whole zoo: its trees and the data they are trained on."""
+
+    name: str  # "tiny", "default", ...
+    trees: tuple[TreeSpec, ...]  # the Model Trees to grow
+    classes_per_model: int = 40  # k: classes per discriminative fine-tune (Model-J: 50 of 100)
+    heldout_per_model: int = 8  # of those k, how many are held-out classes in holdout splits
+    pool_per_class: int = 200  # training images per class (shared by all fine-tunes)
+    eval_per_class: int = 12  # held-out images per class for each model's accuracy
+    pretrain_per_class: int = 150  # images per class in each root's own pretraining pool
+    chunk: int = 128  # most models trained together in one batched run
+    lora_rank: int = 4  # rank r of LoRA adapters
+    card_lie_rate: float = 0.02  # fraction of documented cards whose base_model is wrong
+    weight_decays: tuple[float, ...] = field(default=(0.0, 1e-4, 1e-3, 1e-2))  # drawn per model
+
+
+_MLP = MLP(hidden=(128, 64))
+_LORA_ROOT = MLP(hidden=(256, 128))
+
+DEFAULT = ZooPreset(
+    name="default",
+    trees=(
+        TreeSpec("mlp-a", _MLP, "foundation-lab/mlp-alpha", Splits(210, 30, 30, 15, 15)),
+        TreeSpec(
+            "mlp-b",
+            _MLP,
+            "openvision/mlp-base",
+            Splits(210, 30, 30, 15, 15),
+            children=4,
+            root_lr=3e-3,
+        ),
+        TreeSpec(
+            "vit",
+            ViT(dim=32, depth=2, heads=2, mlp_dim=64),
+            "openvision/vit-tiny-patch4",
+            Splits(210, 30, 30, 15, 15),
+            steps=(50, 100),
+            lr=(1e-3, 3e-3),
+        ),
+        TreeSpec(
+            "cnn",
+            CNN(channels=(16, 32, 64)),
+            "foundation-lab/convnet-s",
+            Splits(210, 30, 30, 15, 15),
+            steps=(50, 100),
+        ),
+        TreeSpec(
+            "lora",
+            _LORA_ROOT,
+            "pixelworks/mlp-wide",
+            Splits(210, 30, 30, 15, 15),
+            kind="lora",
+            steps=(40, 80),
+            lr=(2e-3, 8e-3),
+        ),
+    ),
+)
+
+TINY = ZooPreset(
+    name="tiny",
+    trees=(
+        TreeSpec(
+            "mlp-a",
+            _MLP,
+            "foundation-lab/mlp-alpha",
+            Splits(96, 6, 8, 3, 3),
+            root_steps=800,
+            steps=(40, 70),
+            lr=(2e-3, 5e-3),
+        ),
+        TreeSpec(
+            "mlp-b",
+            _MLP,
+            "openvision/mlp-base",
+            Splits(15, 4, 4, 2, 2),
+            children=2,
+            root_steps=800,
+            root_lr=3e-3,
+            steps=(40, 70),
+            lr=(2e-3, 5e-3),
+        ),
+        TreeSpec(
+            "lora",
+            _LORA_ROOT,
+            "pixelworks/mlp-wide",
+            Splits(24, 4, 6, 3, 3),
+            kind="lora",
+            root_steps=800,
+            steps=(30, 50),
+            lr=(2e-3, 8e-3),
+        ),
+    ),
+    pool_per_class=100,
+    pretrain_per_class=80,
+    eval_per_class=8,
+)
+
+MICRO = ZooPreset(
+    name="micro",
+    trees=(
+        TreeSpec(
+            "mlp-b",
+            _MLP,
+            "openvision/mlp-base",
+            Splits(3, 1, 1, 1, 0),
+            children=2,
+            root_steps=300,
+            root_lr=3e-3,
+            steps=(60, 80),
+        ),
+        TreeSpec(
+            "lora",
+            _LORA_ROOT,
+            "pixelworks/mlp-wide",
+            Splits(2, 1, 1, 1, 1),
+            kind="lora",
+            root_steps=300,
+            steps=(30, 60),
+            lr=(2e-3, 8e-3),
+        ),
+    ),
+    pool_per_class=40,
+    pretrain_per_class=40,
+    eval_per_class=6,
+)
+
+PRESETS: dict[str, ZooPreset] = {p.name: p for p in (TINY, DEFAULT, MICRO)}

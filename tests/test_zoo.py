@@ -1,0 +1,222 @@
+"""The built-in zoo: hub layout, card contract, honest ground truth, learning, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+
+from probex_core.zoo import PRESETS, generate_zoo
+from probex_core.zoo.archs import MLP
+from probex_core.zoo.data import CLASSES, COLOURS, SHAPES, heldout_classes, image_pool
+from probex_core.zoo.generate import MIN_MARGIN
+from probex_core.zoo.trainer import Hyper, MulticlassTask, multiclass_accuracy, train_batched
+from probex_core.zoo.writer import save_safetensors
+
+
+def _manifest(zoo: Path) -> dict:
+    return json.loads((zoo / "manifest.json").read_text())
+
+
+def _weights_file(repo: Path) -> Path:
+    lora = repo / "adapter_model.safetensors"
+    return lora if lora.exists() else repo / "model.safetensors"
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
+def test_tiny_preset_shape(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    trees = {t["tree_id"]: t for t in m["trees"]}
+    assert len(trees) >= 3
+    assert any(t["kind"] == "lora" for t in trees.values())
+    assert any(t["multi_level"] for t in trees.values())
+    per_tree_train = {
+        tid: sum(r["tree_id"] == tid and r["split"] == "train" for r in m["models"])
+        for tid in trees
+    }
+    assert max(per_tree_train[t] for t in trees if trees[t]["kind"] == "full") >= 96
+    multi = [t for t in trees.values() if t["multi_level"]][0]["tree_id"]
+    assert max(r["depth"] for r in m["models"] if r["tree_id"] == multi) == 2
+    assert len(m["classes"]) == 100 and len(set(m["classes"])) == 100
+
+
+def test_every_repo_round_trips(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    hub = tiny_zoo / "hub"
+    on_disk = {f"{o.name}/{r.name}" for o in hub.iterdir() for r in o.iterdir()}
+    assert on_disk == {r["repo_id"] for r in m["models"]}
+    for row in m["models"]:
+        repo = hub / row["repo_id"]
+        card = ModelCard.load(repo / "README.md")
+        tensors, meta = _read(_weights_file(repo))
+        assert meta.get("format") == "pt"
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+        base = card.data.to_dict().get("base_model")
+        if row["documented"]:
+            assert json.loads(meta["training_classes"]) == row["training_classes"]
+            assert json.loads(meta["hyperparameters"]) == row["hyperparameters"]
+            assert card.data.to_dict()["training_classes"] == row["training_classes"]
+            assert base == row["card_base_model"]
+            if row["split"] != "root":
+                assert base is not None
+                assert (base != row["parent"]) == row["card_lies"]
+        else:
+            assert base is None and card.data.to_dict() == {}
+            assert "training_classes" not in meta and "hyperparameters" not in meta
+            for name in repo.iterdir():
+                text = name.read_text() if name.suffix in {".json", ".md"} else ""
+                assert not any(c in text for c in row["training_classes"]), name
+
+
+def test_undocumented_share_is_about_a_fifth(tiny_zoo: Path) -> None:
+    rows = _manifest(tiny_zoo)["models"]
+    share = sum(not r["documented"] for r in rows) / len(rows)
+    assert 0.12 < share < 0.3
+    assert {r["split"] for r in rows if not r["documented"]} == {
+        "test",
+        "val_holdout",
+        "test_holdout",
+    }
+    assert any(r["card_lies"] for r in rows)
+
+
+def test_finetunes_beat_chance(tiny_zoo: Path) -> None:
+    for row in _manifest(tiny_zoo)["models"]:
+        assert row["accuracy"] >= row["chance"] + MIN_MARGIN, row["repo_id"]
+
+
+def test_heldout_classes_never_in_seen_splits(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    held = set(m["heldout_classes"])
+    assert held and len(held) == 20
+    for row in m["models"]:
+        overlap = held & set(row["training_classes"])
+        if row["split"] in {"train", "val", "test"}:
+            assert not overlap, row["repo_id"]
+        elif row["split"].endswith("holdout"):
+            assert overlap, row["repo_id"]
+
+
+def test_heldout_names_share_words_with_seen() -> None:
+    held = set(heldout_classes(0))
+    seen = [c for c in CLASSES if c not in held]
+    assert {c.split()[0] for c in seen} == set(COLOURS)
+    assert {c.split()[1] for c in seen} == set(SHAPES)
+
+
+def test_repo_ids_do_not_leak_the_tree(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    for row in m["models"]:
+        if row["split"] != "root":
+            assert not any(t["tree_id"] in row["repo_id"] for t in m["trees"])
+
+
+def test_lora_repos_have_peft_layout(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    lora_trees = {t["tree_id"] for t in m["trees"] if t["kind"] == "lora"}
+    rows = [r for r in m["models"] if r["tree_id"] in lora_trees and r["split"] != "root"]
+    assert rows
+    for row in rows:
+        repo = tiny_zoo / "hub" / row["repo_id"]
+        cfg = json.loads((repo / "adapter_config.json").read_text())
+        assert (
+            cfg["peft_type"] == "LORA" and cfg["base_model_name_or_path"] == row["card_base_model"]
+        )
+        root_repo = (
+            tiny_zoo
+            / "hub"
+            / m["trees"][[t["tree_id"] for t in m["trees"]].index(row["tree_id"])]["root_repo"]
+        )
+        root, _ = _read(root_repo / "model.safetensors")
+        tensors, _ = _read(repo / "adapter_model.safetensors")
+        r = cfg["r"]
+        for mod in cfg["target_modules"]:
+            d_out, d_in = root[f"{mod}.weight"].shape
+            assert tensors[f"base_model.model.{mod}.lora_A.weight"].shape == (r, d_in)
+            assert tensors[f"base_model.model.{mod}.lora_B.weight"].shape == (d_out, r)
+            assert tensors[f"base_model.model.{mod}.lora_B.weight"].abs().sum() > 0
+        assert len(row["training_classes"]) == 1 and row["chance"] == 0.5
+
+
+def test_finetunes_move_away_from_their_parent(tiny_zoo: Path) -> None:
+    m = _manifest(tiny_zoo)
+    hub = tiny_zoo / "hub"
+    for row in [
+        r
+        for r in m["models"]
+        if r["depth"] >= 1 and (hub / r["repo_id"] / "model.safetensors").exists()
+    ][:10]:
+        child, _ = _read(hub / row["repo_id"] / "model.safetensors")
+        parent, _ = _read(hub / row["parent"] / "model.safetensors")
+        assert not torch.equal(child["fc1.weight"], parent["fc1.weight"])
+
+
+def test_save_safetensors_is_byte_stable(tmp_path: Path) -> None:
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(4)}
+    meta = {"z": "1", "format": "pt", "training_classes": json.dumps(["red star"])}
+    save_safetensors(tmp_path / "x.safetensors", tensors, meta)
+    save_safetensors(
+        tmp_path / "y.safetensors", dict(reversed(tensors.items())), dict(reversed(meta.items()))
+    )
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+    back, back_meta = _read(tmp_path / "x.safetensors")
+    assert back_meta == meta and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
+def test_trainer_learns_planted_classes_and_not_shuffled_labels() -> None:
+    """The batched trainer learns real labels; a model given random labels stays at chance."""
+    gen = torch.Generator().manual_seed(0)
+    pool, ev = image_pool(30, gen), image_pool(6, gen)
+    classes = torch.tensor([[0, 11, 22, 33, 44], [0, 11, 22, 33, 44]])
+    arch = MLP(hidden=(32, 16))
+    hyper = Hyper(3e-3, 0.0, 150, 32, "constant", False, False, 0)
+    shuffled = pool.clone()
+    perm = torch.randperm(pool.shape[0] * pool.shape[1], generator=gen)
+    shuffled = pool.flatten(0, 1)[perm].view_as(pool)  # labels no longer match images
+    params = arch.init(1, 5, gen)
+    real = train_batched(params, arch.forward, MulticlassTask(pool, classes[:1]), [hyper], gen)
+    fake = train_batched(params, arch.forward, MulticlassTask(shuffled, classes[:1]), [hyper], gen)
+    acc_real = multiclass_accuracy(arch.forward, real, ev, classes[:1]).item()
+    acc_fake = multiclass_accuracy(arch.forward, fake, ev, classes[:1]).item()
+    assert acc_real > 0.6 and acc_fake < 0.45
+
+
+def _files(zoo: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(zoo)): p.read_bytes()
+        for p in sorted((zoo / "hub").rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
+    """Generates the micro preset (both tree shapes, real code path) three times.
+
+    The second run goes into a directory holding a stale repo, which a rerun must remove.
+    """
+    stale = tmp_path / "b" / "hub" / "someone" / "model-stale"
+    stale.mkdir(parents=True)
+    (stale / "README.md").write_text("# stale\n")
+    a = generate_zoo(PRESETS["micro"], tmp_path / "a", seed=0, progress=False)
+    generate_zoo(PRESETS["micro"], tmp_path / "b", seed=0, progress=False)
+    generate_zoo(PRESETS["micro"], tmp_path / "c", seed=1, progress=False)
+    assert not stale.exists() and not list((tmp_path / "b" / "hub").rglob(".*tmp*"))
+    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert fa == fb and a["n_models"] == len(_manifest(tmp_path / "a")["models"])
+    assert _manifest(tmp_path / "a") == _manifest(tmp_path / "b")
+    ma, mc = _manifest(tmp_path / "a"), _manifest(tmp_path / "c")
+    for tree in ma["trees"]:
+        root = tree["root_repo"]
+        wa, _ = _read(tmp_path / "a" / "hub" / root / "model.safetensors")
+        wc, _ = _read(tmp_path / "c" / "hub" / root / "model.safetensors")
+        assert not torch.equal(wa["fc1.weight"], wc["fc1.weight"])
+    assert {r["repo_id"] for r in ma["models"]} != {r["repo_id"] for r in mc["models"]}
