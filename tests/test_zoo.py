@@ -178,12 +178,18 @@ def test_trainer_learns_planted_classes_and_not_shuffled_labels() -> None:
     classes = torch.tensor([[0, 11, 22, 33, 44], [0, 11, 22, 33, 44]])
     arch = MLP(hidden=(32, 16))
     hyper = Hyper(3e-3, 0.0, 150, 32, "constant", False, False, 0)
-    shuffled = pool.clone()
     perm = torch.randperm(pool.shape[0] * pool.shape[1], generator=gen)
     shuffled = pool.flatten(0, 1)[perm].view_as(pool)  # labels no longer match images
     params = arch.init(1, 5, gen)
-    real = train_batched(params, arch.forward, MulticlassTask(pool, classes[:1]), [hyper], gen)
-    fake = train_batched(params, arch.forward, MulticlassTask(shuffled, classes[:1]), [hyper], gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread avoids OpenMP spin-waits on shared cores
+    try:
+        real = train_batched(params, arch.forward, MulticlassTask(pool, classes[:1]), [hyper], gen)
+        fake = train_batched(
+            params, arch.forward, MulticlassTask(shuffled, classes[:1]), [hyper], gen
+        )
+    finally:
+        torch.set_num_threads(threads)
     acc_real = multiclass_accuracy(arch.forward, real, ev, classes[:1]).item()
     acc_fake = multiclass_accuracy(arch.forward, fake, ev, classes[:1]).item()
     assert acc_real > 0.6 and acc_fake < 0.45

@@ -62,40 +62,51 @@ class ZooPreset:
 _MLP = MLP(hidden=(128, 64))
 _LORA_ROOT = MLP(hidden=(256, 128))
 
+_SPLITS = Splits(train=210, val=30, test=30, val_holdout=15, test_holdout=15)
+_VIT = ViT(dim=32, depth=2, heads=2, mlp_dim=64)
+_CNN = CNN(channels=(16, 32, 64))
+
 DEFAULT = ZooPreset(
     name="default",
     trees=(
-        TreeSpec("mlp-a", _MLP, "foundation-lab/mlp-alpha", Splits(210, 30, 30, 15, 15)),
+        TreeSpec("mlp-a", _MLP, "foundation-lab/mlp-alpha", _SPLITS, steps=(40, 80)),
         TreeSpec(
             "mlp-b",
             _MLP,
             "openvision/mlp-base",
-            Splits(210, 30, 30, 15, 15),
+            _SPLITS,
             children=4,
             root_lr=3e-3,
+            steps=(40, 80),
         ),
         TreeSpec(
             "vit",
-            ViT(dim=32, depth=2, heads=2, mlp_dim=64),
+            _VIT,
             "openvision/vit-tiny-patch4",
-            Splits(210, 30, 30, 15, 15),
-            steps=(50, 100),
-            lr=(1e-3, 3e-3),
+            _SPLITS,
+            root_steps=1000,
+            steps=(30, 60),
+            lr=(1.5e-3, 4e-3),
+            batch_size=32,
         ),
         TreeSpec(
             "cnn",
-            CNN(channels=(16, 32, 64)),
+            _CNN,
             "foundation-lab/convnet-s",
-            Splits(210, 30, 30, 15, 15),
-            steps=(50, 100),
+            _SPLITS,
+            root_steps=1500,
+            root_lr=3e-3,
+            steps=(50, 90),
+            lr=(3e-3, 8e-3),
+            batch_size=32,
         ),
         TreeSpec(
             "lora",
             _LORA_ROOT,
             "pixelworks/mlp-wide",
-            Splits(210, 30, 30, 15, 15),
+            _SPLITS,
             kind="lora",
-            steps=(40, 80),
+            steps=(30, 60),
             lr=(2e-3, 8e-3),
         ),
     ),
