@@ -7,9 +7,10 @@ Everything random is derived from the seed (torch generators for weights and ima
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +70,6 @@ class Planned:
     card_lies: bool = False
     accuracy: float = float("nan")
     chance: float = float("nan")
-    extra: dict = field(default_factory=dict)
 
     @property
     def documented(self) -> bool:
@@ -140,7 +140,7 @@ def _plan_tree(
         else:
             classes = rng.sample(seen, k)
         hyper = Hyper(
-            lr=round(10 ** rng.uniform(*[torch.tensor(x).log10().item() for x in spec.lr]), 7),
+            lr=round(10 ** rng.uniform(*torch.tensor(spec.lr).log10().tolist()), 7),  # log-uniform
             weight_decay=rng.choice(preset.weight_decays),
             steps=rng.randint(*spec.steps),
             batch_size=spec.batch_size,
@@ -248,8 +248,7 @@ def _write_lora(hub: Path, p: Planned, lora: LoraMLP, tensors: Params) -> None:
 
 
 def json_dumps(obj: object, indent: int | None = None) -> str:
-    import json
-
+    """JSON with sorted keys, so equal content gives equal bytes."""
     return json.dumps(obj, sort_keys=True, indent=indent)
 
 
@@ -315,6 +314,7 @@ class _TreeRun:
         arch = self.spec.arch
         backbone = {k: v for k, v in root.items() if not k.startswith("head.")}
         trained: dict[int, Params] = {}
+        parents = {p.parent_idx for p in plan if p.parent_idx is not None}
         for depth in sorted({p.depth for p in plan}):
             for chunk in _chunks(
                 [i for i, p in enumerate(plan) if p.depth == depth], plan, self.preset.chunk
@@ -349,7 +349,7 @@ class _TreeRun:
                     p.accuracy, p.chance = acc[j].item(), 1 / len(p.classes)
                     _check(p)
                     tensors = {k: v[j : j + 1] for k, v in out.items()}
-                    if any(q.parent_idx == i for q in plan):
+                    if i in parents:
                         trained[i] = tensors
                     _write_full(self.hub, p, arch, {k: v[0] for k, v in tensors.items()})
 
