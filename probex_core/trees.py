@@ -57,6 +57,9 @@ class TreeConfig:
 
     direction_lambda: float = 0.3  # λ of MoTHer's cost D + λ·scale·T (public code: 0.3)
     graded_cue: bool = True  # T grows with the kurtosis violation (capped at 1), not a 0/1 step
+    root_centrality: float = 2.0  # β: root prior β·scale·(mean D(v) / min_u mean D(u) − 1)
+    root_quantile: float = 0.2  # only the lowest-kurtosis fraction ("raise") may be the root
+    sibling_cos: float = 0.1  # lift c from p to p's parent when cos∠(g, p, c) exceeds this
     penalty_scale: str = "edge"  # scale: "edge" = mean nearest-neighbour distance, "mean" = mean(D)
     kurtosis_direction: str = "auto"  # "raise" | "lower" | "auto" (majority of declared edges)
     default_direction: str = "raise"  # used by "auto" when no declared edge can vote
@@ -132,10 +135,21 @@ class TreeRecovery:
 def architecture_signature(tensor_shapes: Mapping[str, Sequence[int]]) -> str:
     """Hash of the sorted tensor names and shapes: models that can share a tree share it.
 
-    Dtypes are left out on purpose: a bf16 copy of a model is still the same tree.
+    A classification head keeps its name but not its shape: fine-tunes of one root get
+    heads of different widths (their label sets differ) and still belong to one tree.
+    Dtypes are left out too: a bf16 copy of a model is still the same tree.
     """
-    items = sorted((name, [int(s) for s in shape]) for name, shape in tensor_shapes.items())
+    items = sorted(
+        (name, [] if is_head_layer(_module_of(name)) else [int(s) for s in shape])
+        for name, shape in tensor_shapes.items()
+    )
     return hashlib.sha1(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _module_of(tensor_name: str) -> str:
+    return (
+        tensor_name.rsplit(".", 1)[0] if tensor_name.endswith((".weight", ".bias")) else tensor_name
+    )
 
 
 def tree_id_for(root_repo: str) -> str:
@@ -296,6 +310,15 @@ def arborescence(d: np.ndarray, kurt: np.ndarray, direction: str, config: TreeCo
     between a parent (one step away) and a grandparent (√2 steps), and kurtosis noise then
     rewires edges. The default scale is therefore the mean nearest-neighbour distance — one
     typical edge — which keeps the cue a tie-breaker for direction, as intended.
+
+    Kurtosis alone cannot place the root of a wide star: on the tiny zoo one child in
+    fifteen has lower kurtosis than the root, and making that child the root flips a single
+    edge. Two tree-wide cues decide the root instead: only the lowest-kurtosis fraction
+    (`root_quantile`) may be the root, and among those each pays a centrality prior
+    (β·scale·relative excess of its mean distance to the tree over the most central
+    candidate's): a root is the hub its fine-tunes spread around. This assumes bushy trees
+    (a root with many children, as on the hub and in the zoo); a narrow binary tree or a
+    chain, whose root is not central, can be rooted one level too low.
     """
     n = d.shape[0]
     if n == 1:
@@ -308,14 +331,49 @@ def arborescence(d: np.ndarray, kurt: np.ndarray, direction: str, config: TreeCo
     nearest = off.argmin(axis=1)
     unit = float(np.median(np.abs(kurt - kurt[nearest]))) if config.graded_cue else None
     cost = d + config.direction_lambda * scale * direction_penalty(kurt, direction, unit)
-    return min_arborescence(cost)
+    signed = kurt if direction == "raise" else -kurt
+    plausible = signed <= np.quantile(signed, config.root_quantile)
+    spread = d.sum(axis=1) / (n - 1)
+    best = max(float(spread[plausible].min()), 1e-12)
+    root_cost = config.root_centrality * scale * (spread / best - 1.0)
+    root_cost[~plausible] = np.inf
+    parent = min_arborescence(cost, root_cost)
+    return lift_siblings(parent, d, config.sibling_cos)
 
 
-def min_arborescence(cost: np.ndarray) -> np.ndarray:
+def lift_siblings(parent: np.ndarray, d: np.ndarray, cos_min: float) -> np.ndarray:
+    """Re-hang c from p to p's parent g when p does not lie between g and c.
+
+    Fine-tunes of one root drift the same way (shared data, weight decay), so a long
+    fine-tune sits slightly closer to a short sibling than to their common parent and the
+    arborescence hangs it under the sibling. A true grandchild's update is independent of
+    (or continues) its parent's, so the angle at p in the triangle (g, p, c) is ≥ ~90°;
+    a mis-hung sibling makes it acute. cos∠ comes from distances alone (law of cosines);
+    on the tiny zoo true chains show cos ≤ 0.04 and mis-hung siblings ≥ 0.13.
+    """
+    parent = parent.copy()
+    for _ in range(len(parent)):
+        changed = False
+        for c in range(len(parent)):
+            p = parent[c]
+            if p < 0 or parent[p] < 0:
+                continue
+            g = parent[p]
+            cos = (d[g, p] ** 2 + d[p, c] ** 2 - d[g, c] ** 2) / max(2 * d[g, p] * d[p, c], 1e-30)
+            if cos > cos_min:
+                parent[c] = g
+                changed = True
+        if not changed:
+            break
+    return parent
+
+
+def min_arborescence(cost: np.ndarray, root_cost: np.ndarray | None = None) -> np.ndarray:
     """Minimum spanning arborescence of a dense digraph, any root (cost[p, c]: edge p → c).
 
-    A virtual root with one very expensive edge to every node makes the best root part of
-    the optimisation: exactly one of those edges is used. Chu-Liu/Edmonds in Tarjan's
+    A virtual root with one very expensive edge to every node (plus `root_cost[v]`, a prior
+    on v being the root) makes the best root part of the optimisation: exactly one of those
+    edges is used. Chu-Liu/Edmonds in Tarjan's
     contraction-forest form on a dense matrix: O(n²) numpy work, O(n) Python steps. (The
     networkx implementation copies its multigraph at each contraction and took ~10 s for a
     100-model tree here; a tree's root is absorbed into one growing cycle after another, so
@@ -326,7 +384,7 @@ def min_arborescence(cost: np.ndarray) -> np.ndarray:
     big = (n + 1) * (float(np.abs(finite).max()) if finite.size else 1.0) + 1.0
     full = np.full((n + 1, n + 1), np.inf)
     full[1:, 1:] = cost
-    full[0, 1:] = big
+    full[0, 1:] = big + (0.0 if root_cost is None else root_cost)
     return _edmonds_dense(full, 0)[1:] - 1
 
 

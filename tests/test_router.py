@@ -71,3 +71,32 @@ def test_save_load_round_trip(routed, tmp_path):
     for r, _ in tests[:5]:
         a, b = router.route(r), again.route(r)
         assert a.tree_id == b.tree_id and a.distance == pytest.approx(b.distance, rel=1e-6)
+
+
+# ---- the tiny zoo -------------------------------------------------------------------------------
+
+
+def test_tiny_zoo_routing(tiny_zoo):
+    import json
+
+    from tests.test_trees import load_zoo_records
+
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    split = {m["repo_id"]: m["split"] for m in manifest["models"]}
+    records = load_zoo_records(tiny_zoo / "hub")
+    rec = recover_trees(records)  # the pipeline recovers trees from every repo's weights
+    documented = [r for r in records if split[r.repo_id] in ("root", "train", "val")]
+    refs = tree_references(rec, documented)
+    calib = [(r, rec.models[r.repo_id].tree_id) for r in documented]
+    router = Router.fit(refs, calib)
+    tests = [r for r in records if split[r.repo_id] == "test"]
+    assert tests
+    routed = {r.repo_id: router.route(r).tree_id for r in tests}
+    assert routed == {r.repo_id: rec.models[r.repo_id].tree_id for r in tests}
+    # a freshly initialised network of each zoo architecture belongs to no tree
+    g = torch.Generator().manual_seed(7)
+    protos = {r.signature: r for r in records if not r.adapter}
+    for proto in protos.values():
+        fresh = {n: _init(tuple(t.shape), g) for n, t in proto.layers.items()}
+        res = router.route(WeightRecord("new/init", proto.signature, None, fresh))
+        assert res.tree_id is None, res

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors import safe_open
 
 from probex_core.bench.trees import ForestSpec, synthetic_edges, synthetic_forest
+from probex_core.canon import assemble_layer, find_layers
 from probex_core.trees import (
     TreeConfig,
     WeightRecord,
@@ -19,13 +25,14 @@ from probex_core.trees import (
     score_recovery,
     trees_from_declared_edges_networkx,
     trees_from_declared_edges_sql,
+    truth_from_manifest,
 )
 
 SPECS = [
     ForestSpec((4, 4)),  # two multi-level trees sharing one signature
     ForestSpec((4, 4)),
     ForestSpec((3,), layer_shapes=((32, 32), (32, 48))),  # a star of another architecture
-    ForestSpec((2, 2, 2), layer_shapes=((32, 32), (32, 48))),  # a deeper binary tree
+    ForestSpec((5, 2), layer_shapes=((32, 32), (32, 48))),  # multi-level, like the zoo's mlp-b
 ]
 
 
@@ -39,6 +46,8 @@ def test_signature_ignores_order_and_sees_shapes():
     a = {"fc1.weight": (4, 3), "head.weight": (2, 4)}
     assert architecture_signature(a) == architecture_signature(dict(reversed(a.items())))
     assert architecture_signature(a) != architecture_signature({**a, "fc1.weight": (5, 3)})
+    # a head of another width (another label set) is still the same architecture
+    assert architecture_signature(a) == architecture_signature({**a, "head.weight": (7, 4)})
 
 
 def test_recovery_layers_skip_the_head_and_prefer_lora():
@@ -65,8 +74,8 @@ def test_recovers_members_edges_and_roots(forest):
     assert scores["edge_accuracy"] >= 0.95
     assert scores["root_accuracy"] == 1.0
     depths = {m.depth for m in rec.models.values()}
-    assert depths == {0, 1, 2, 3}
-    assert {t.size for t in rec.trees.values()} == {21, 4, 15}
+    assert depths == {0, 1, 2}
+    assert {t.size for t in rec.trees.values()} == {21, 4, 16}
 
 
 def test_a_card_naming_the_wrong_base_is_flagged(forest):
@@ -179,3 +188,70 @@ def test_dense_edmonds_matches_networkx_on_random_graphs():
         g.add_weighted_edges_from((i, j, c[i, j]) for i in range(n) for j in range(n) if i != j)
         best = sum(c[u, v] for u, v in nx.minimum_spanning_arborescence(g).edges())
         assert sum(c[p, i] for i, p in enumerate(parent) if p >= 0) == pytest.approx(best)
+
+
+# ---- the tiny zoo -------------------------------------------------------------------------------
+
+
+def _card_base(readme: Path) -> str | None:
+    text = readme.read_text() if readme.exists() else ""
+    if not text.startswith("---"):
+        return None
+    meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    base = meta.get("base_model")
+    return base[0] if isinstance(base, list) else base
+
+
+def load_zoo_records(hub: Path, max_layers: int = 4) -> list[WeightRecord]:
+    """Read every repo of a local hub the way the pipeline will: header, chosen layers only."""
+    records = []
+    for repo_dir in sorted(p for p in hub.glob("*/*") if p.is_dir()):
+        repo_id = f"{repo_dir.parent.name}/{repo_dir.name}"
+        adapter = (repo_dir / "adapter_model.safetensors").exists()
+        path = repo_dir / ("adapter_model.safetensors" if adapter else "model.safetensors")
+        scale, declared = 1.0, _card_base(repo_dir / "README.md")
+        if adapter:
+            cfg = json.loads((repo_dir / "adapter_config.json").read_text())
+            scale = float(cfg.get("lora_alpha", cfg["r"])) / float(cfg["r"])
+            declared = declared or cfg.get("base_model_name_or_path")
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            specs = find_layers(shapes)
+            names = choose_recovery_layers(shapes, max_layers)
+            layers = {
+                n: assemble_layer(specs[n], {t: f.get_tensor(t) for t in specs[n].tensors}, scale)
+                for n in names
+            }
+        records.append(
+            WeightRecord(repo_id, architecture_signature(shapes), declared, layers, adapter)
+        )
+    return records
+
+
+@pytest.fixture(scope="session")
+def zoo_recovery(tiny_zoo):
+    records = load_zoo_records(tiny_zoo / "hub")
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    return records, manifest, recover_trees(records)
+
+
+def test_tiny_zoo_trees_are_recovered_from_weights(zoo_recovery, tiny_zoo):
+    records, manifest, rec = zoo_recovery
+    truth = truth_from_manifest(tiny_zoo)
+    scores = score_recovery(rec, truth)
+    assert scores["n_models"] == len(manifest["models"])  # undocumented models included
+    assert scores["ari"] == 1.0
+    assert scores["root_accuracy"] == 1.0
+    multi = [t["tree_id"] for t in manifest["trees"] if t["multi_level"]]
+    assert multi and all(scores["per_tree"][t]["edge_accuracy"] >= 0.95 for t in multi)
+    assert scores["edge_accuracy"] >= 0.95
+    lora = [t for t in manifest["trees"] if t["kind"] == "lora"]
+    for t in lora:
+        assert rec.trees[rec.models[t["root_repo"]].tree_id].kind == "lora"
+
+
+def test_tiny_zoo_lying_cards_are_flagged(zoo_recovery):
+    records, manifest, rec = zoo_recovery
+    liars = {m["repo_id"] for m in manifest["models"] if m.get("card_lies")}
+    flagged = {d.repo_id for d in rec.disagreements}
+    assert liars <= flagged
