@@ -69,7 +69,9 @@ _CNN = CNN(channels=(16, 32, 64))
 DEFAULT = ZooPreset(
     name="default",
     trees=(
-        TreeSpec("mlp-a", _MLP, "foundation-lab/mlp-alpha", _SPLITS, steps=(40, 80)),
+        TreeSpec(
+            "mlp-a", _MLP, "foundation-lab/mlp-alpha", _SPLITS, steps=(50, 90), lr=(2e-3, 6e-3)
+        ),
         TreeSpec(
             "mlp-b",
             _MLP,
@@ -77,7 +79,8 @@ DEFAULT = ZooPreset(
             _SPLITS,
             children=4,
             root_lr=3e-3,
-            steps=(40, 80),
+            steps=(50, 90),
+            lr=(2e-3, 6e-3),
         ),
         TreeSpec(
             "vit",
