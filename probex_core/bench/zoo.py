@@ -14,9 +14,11 @@ import torch
 
 from probex_core.zoo.archs import CNN, MLP, LoraMLP, Params, ViT, new_head
 from probex_core.zoo.data import image_pool
+from probex_core.zoo.presets import ZooPreset
 from probex_core.zoo.trainer import Hyper, MulticlassTask, OneVsRestTask, train_batched
 
 TARGET_RATIO = 5.0
+CHUNK = ZooPreset.__dataclass_fields__["chunk"].default  # models per batched run, as generated
 
 
 def _setup(kind: str, m: int, steps: int, gen: torch.Generator):
@@ -67,11 +69,15 @@ def run(quick: bool = False) -> dict:
             gen = torch.Generator().manual_seed(0)
             params, forward, task, hypers = _setup(kind, m, steps, gen)
             t = time.perf_counter()
-            train_batched(params, forward, task, hypers, gen)
+            for s in range(0, m, CHUNK):
+                sub = {k: v[s : s + CHUNK] for k, v in params.items()}
+                train_batched(
+                    sub, forward, _subtask(task, slice(s, s + CHUNK)), hypers[s : s + CHUNK], gen
+                )
             batched = m / (time.perf_counter() - t)
             t = time.perf_counter()
             for i in range(n_single):
-                single_task = _subtask(task, i)
+                single_task = _subtask(task, slice(i, i + 1))
                 train_batched(_one(params, i), forward, single_task, hypers[i : i + 1], gen)
             single = n_single / (time.perf_counter() - t)
             results[kind] = {"batched_models_per_s": round(batched, 3),
@@ -91,7 +97,7 @@ def run(quick: bool = False) -> dict:
     return results
 
 
-def _subtask(task: MulticlassTask | OneVsRestTask, i: int) -> MulticlassTask | OneVsRestTask:
+def _subtask(task: MulticlassTask | OneVsRestTask, sl: slice) -> MulticlassTask | OneVsRestTask:
     if isinstance(task, MulticlassTask):
-        return MulticlassTask(task.pool, task.classes[i : i + 1])
-    return OneVsRestTask(task.pool, task.target[i : i + 1], task.negatives[i : i + 1])
+        return MulticlassTask(task.pool, task.classes[sl])
+    return OneVsRestTask(task.pool, task.target[sl], task.negatives[sl])

@@ -53,7 +53,7 @@ class ZooPreset:
     pool_per_class: int = 200  # training images per class (shared by all fine-tunes)
     eval_per_class: int = 12  # held-out images per class for each model's accuracy
     pretrain_per_class: int = 150  # images per class in each root's own pretraining pool
-    chunk: int = 128  # most models trained together in one batched run
+    chunk: int = 32  # models trained together; beyond ~32 the stacked state leaves the cache
     lora_rank: int = 4  # rank r of LoRA adapters
     card_lie_rate: float = 0.02  # fraction of documented cards whose base_model is wrong
     weight_decays: tuple[float, ...] = field(default=(0.0, 1e-4, 1e-3, 1e-2))  # drawn per model
@@ -87,9 +87,9 @@ DEFAULT = ZooPreset(
             _VIT,
             "openvision/vit-tiny-patch4",
             _SPLITS,
-            root_steps=1000,
+            root_steps=1500,
             steps=(30, 60),
-            lr=(1.5e-3, 4e-3),
+            lr=(2e-3, 5e-3),
             batch_size=32,
         ),
         TreeSpec(
