@@ -60,7 +60,8 @@ def run(quick: bool = False) -> dict:
     results: dict[str, dict] = {}
     try:
         print(
-            f"{m} models x {steps} steps (batch 64); one-at-a-time timed on {n_single} of them, 1 thread"
+            f"{m} models x {steps} steps (batch 64), batched {CHUNK} at a time; "
+            f"one-at-a-time timed on {n_single} of them; 1 thread"
         )
         print(
             f"{'arch':<6} {'batched models/s':>17} {'one-at-a-time models/s':>23} {'ratio':>7}  target >= {TARGET_RATIO:.0f}x"
