@@ -19,18 +19,45 @@ MODEL_KINDS = ("probex", "mvprobe", "dense", "statnn")
 
 
 class ZeroShotHead(nn.Module):
-    """Text embeddings → r_T; cosine logits between L2-normalised e and mapped texts.
+    """Cosine logits between a model's representation e and class-text embeddings.
 
+    direction "text_to_weight" (the paper): texts are mapped into r_T, logits = cos(e, P t).
+    direction "weight_to_text": e is mapped into the text space, logits = cos(Q e, t); every
+    model of every tree then has one embedding in one shared space (`text_embedding`), so
+    scores of different trees are comparable and search is a single cosine ranking.
     The temperature is stored as a log-scale (CLIP style). `learn_scale=False` keeps it fixed,
     which avoids the degenerate "sharpen everything" solution on tiny training sets.
     """
 
-    def __init__(self, text_dim: int, r_T: int, scale: float = 10.0, learn_scale: bool = True):
+    DIRECTIONS = ("text_to_weight", "weight_to_text")
+
+    def __init__(
+        self,
+        text_dim: int,
+        r_T: int,
+        scale: float = 10.0,
+        learn_scale: bool = True,
+        direction: str = "text_to_weight",
+    ):
         super().__init__()
-        self.proj = nn.Linear(text_dim, r_T, bias=False)  # text_dim → r_T
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"unknown zero-shot direction {direction!r}")
+        self.direction = direction
+        if direction == "text_to_weight":
+            self.proj = nn.Linear(text_dim, r_T, bias=False)  # text_dim → r_T
+        else:
+            self.proj = nn.Linear(r_T, text_dim, bias=False)  # r_T → text_dim
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learn_scale)
 
+    def text_embedding(self, e: torch.Tensor) -> torch.Tensor:
+        """(N, r_T) → (N, text_dim), L2-normalised; only for "weight_to_text"."""
+        if self.direction != "weight_to_text":
+            raise RuntimeError("text_embedding needs a zero-shot head built as weight_to_text")
+        return F.normalize(self.proj(e), dim=-1)
+
     def forward(self, e: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+        if self.direction == "weight_to_text":
+            return self.log_scale.exp() * self.text_embedding(e) @ F.normalize(T, dim=-1).T
         e = F.normalize(e, dim=-1)  # (N, r_T)
         t = F.normalize(self.proj(T), dim=-1)  # (C, r_T)
         return self.log_scale.exp() * e @ t.T  # (N, C)
@@ -66,6 +93,12 @@ class WeightModel(nn.Module):
         if self.zero_shot is None:
             raise RuntimeError("model was built without text_dim: no zero-shot head")
         return self.zero_shot(self.encode(X), T)
+
+    def text_embedding(self, X: torch.Tensor) -> torch.Tensor:
+        """Each model's embedding in the text space (N, text_dim), L2-normalised."""
+        if self.zero_shot is None:
+            raise RuntimeError("model was built without text_dim: no zero-shot head")
+        return self.zero_shot.text_embedding(self.encode(X))
 
 
 class ProbeX(WeightModel):
@@ -301,9 +334,22 @@ def build_model(
     """
     if kind not in _KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    direction = hparams.pop("zs_direction", "text_to_weight")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _KINDS[kind](d_H, d_W, n_classes, text_dim=text_dim, **hparams)
+        if direction != "text_to_weight":
+            if model.zero_shot is None:
+                raise ValueError("zs_direction needs text_dim")
+            head = model.zero_shot
+            model.zero_shot = ZeroShotHead(
+                text_dim,
+                model.r_T,
+                float(head.log_scale.exp()),
+                head.log_scale.requires_grad,
+                direction,
+            )
+            hparams["zs_direction"] = direction
     model.config = {
         "kind": kind,
         "d_H": d_H,

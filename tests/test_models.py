@@ -100,3 +100,36 @@ def test_weight_statistics_by_hand() -> None:
     assert f[0, 1] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item())
     assert f[0, 2] == pytest.approx(1.0) and f[0, 8] == pytest.approx(4.0)  # min, max
     assert f[0, 5] == pytest.approx(2.5)  # median
+
+
+def test_weight_to_text_head_embeds_models_in_the_text_space():
+    import torch.nn.functional as F
+
+    from probex_core.models import build_model as _build
+
+    model = _build(
+        "probex", 6, 5, 0, text_dim=7, r_U=3, r_V=4, r_T=8, zs_direction="weight_to_text"
+    )
+    X, T = torch.randn(4, 6, 5), torch.randn(3, 7)
+    z = model.text_embedding(X)
+    assert z.shape == (4, 7)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(4))
+    scale = model.zero_shot.log_scale.exp()
+    torch.testing.assert_close(model.zero_shot_logits(X, T), scale * z @ F.normalize(T, dim=-1).T)
+    paper = _build("probex", 6, 5, 0, text_dim=7, r_U=3, r_V=4, r_T=8)
+    with pytest.raises(RuntimeError):
+        paper.text_embedding(X)
+
+
+def test_weight_to_text_head_round_trips(tmp_path):
+    from probex_core.models import build_model as _build
+    from probex_core.train import load_expert as _load
+    from probex_core.train import save_expert as _save
+
+    model = _build(
+        "probex", 6, 5, 0, text_dim=7, r_U=3, r_V=4, r_T=8, zs_direction="weight_to_text"
+    )
+    _save(tmp_path / "m.safetensors", model)
+    again, _ = _load(tmp_path / "m.safetensors")
+    X = torch.randn(2, 6, 5)
+    assert torch.equal(again.text_embedding(X), model.text_embedding(X))
