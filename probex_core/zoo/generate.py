@@ -323,12 +323,20 @@ class _TreeRun:
                 for i in chunk:
                     p = plan[i]
                     start = backbone if p.parent_idx is None else trained[p.parent_idx]
-                    head = new_head(
-                        1,
-                        arch.feature_dim,
-                        len(p.classes),
-                        torch.Generator().manual_seed(p.hyper.seed),
-                    )
+                    if self.spec.head_init == "root_rows":
+                        # warm start: the foundation head's rows of the chosen classes
+                        rows = torch.tensor(p.classes)
+                        head = {
+                            "head.weight": root["head.weight"][:, rows].clone(),
+                            "head.bias": root["head.bias"][:, rows].clone(),
+                        }
+                    else:
+                        head = new_head(
+                            1,
+                            arch.feature_dim,
+                            len(p.classes),
+                            torch.Generator().manual_seed(p.hyper.seed),
+                        )
                     inits.append(
                         {k: v for k, v in start.items() if not k.startswith("head.")} | head
                     )

@@ -40,6 +40,9 @@ class TreeSpec:
     steps: tuple[int, int] = (60, 120)  # fine-tune steps, drawn uniformly per model
     lr: tuple[float, float] = (1e-3, 4e-3)  # fine-tune peak lr, drawn log-uniformly
     batch_size: int = 64  # fine-tune batch size (shared so models batch together)
+    # "random": a fresh head per fine-tune; "root_rows": the root head's rows of the chosen
+    # classes (a warm start common when the new labels are a subset of the pretrained ones)
+    head_init: str = "root_rows"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ DEFAULT = ZooPreset(
     name="default",
     trees=(
         TreeSpec(
-            "mlp-a", _MLP, "foundation-lab/mlp-alpha", _SPLITS, steps=(50, 90), lr=(2e-3, 6e-3)
+            "mlp-a", _MLP, "foundation-lab/mlp-alpha", _SPLITS, steps=(50, 90), lr=(3e-4, 1e-3)
         ),
         TreeSpec(
             "mlp-b",
@@ -80,7 +83,7 @@ DEFAULT = ZooPreset(
             children=4,
             root_lr=3e-3,
             steps=(50, 90),
-            lr=(2e-3, 6e-3),
+            lr=(3e-4, 1e-3),
         ),
         TreeSpec(
             "vit",
@@ -100,7 +103,7 @@ DEFAULT = ZooPreset(
             root_steps=1500,
             root_lr=3e-3,
             steps=(50, 90),
-            lr=(3e-3, 8e-3),
+            lr=(5e-4, 1.5e-3),
             batch_size=32,
         ),
         TreeSpec(
@@ -122,10 +125,10 @@ TINY = ZooPreset(
             "mlp-a",
             _MLP,
             "foundation-lab/mlp-alpha",
-            Splits(96, 6, 8, 3, 3),
+            Splits(96, 16, 8, 3, 3),
             root_steps=800,
             steps=(40, 70),
-            lr=(2e-3, 5e-3),
+            lr=(3e-4, 1e-3),
         ),
         TreeSpec(
             "mlp-b",
@@ -136,13 +139,13 @@ TINY = ZooPreset(
             root_steps=800,
             root_lr=3e-3,
             steps=(40, 70),
-            lr=(2e-3, 5e-3),
+            lr=(3e-4, 1e-3),
         ),
         TreeSpec(
             "lora",
             _LORA_ROOT,
             "pixelworks/mlp-wide",
-            Splits(24, 4, 6, 3, 3),
+            Splits(64, 8, 6, 4, 4),
             kind="lora",
             root_steps=800,
             steps=(30, 50),
