@@ -21,6 +21,78 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _home(args: argparse.Namespace):
+    from probex_core.catalog import Home
+
+    return Home.from_env(getattr(args, "home", None))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from orchestration.runner import ensure_default_hub, run_all
+    from probex_core.catalog import query
+
+    home = _home(args)
+    hub = (
+        args.hub
+        or os.environ.get("PROBEX_HUB")
+        or str(ensure_default_hub(home, args.zoo, args.seed))
+    )
+    config = {"epochs": args.epochs} if args.epochs else None
+    run_all(home, hub, expert_config=config, force=args.force)
+    print(_table(query(home, load_named("report_evaluations"))))
+    return 0
+
+
+def load_named(name: str) -> str:
+    from probex_core.catalog import load_sql
+
+    return load_sql(name)
+
+
+def _table(df) -> str:
+    if df.empty:
+        return "(no rows)"
+    return df.to_markdown(index=False, floatfmt=".4g")
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from probex_core.catalog import query
+
+    print(_table(query(_home(args), args.query)))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from probex_core.pipeline.query import search_catalog
+
+    print(_table(search_catalog(_home(args), args.text, k=args.k, tree=args.tree)))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from probex_core.pipeline.query import predict_one
+
+    print(predict_one(_home(args), args.target, hub=args.hub, top=args.top).render())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from probex_core.catalog import query
+
+    home = _home(args)
+    for title, name in (
+        ("Trees", "report_trees"),
+        ("Experts (validation)", "report_experts"),
+        ("Evaluations (ground truth)", "report_evaluations"),
+    ):
+        print(f"## {title}\n")
+        print(_table(query(home, load_named(name))))
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +104,42 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output directory (hub/ and manifest.json)")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_cmd_zoo)
+
+    run = sub.add_parser("run", help="materialise everything in-process (incremental)")
+    run.add_argument(
+        "--hub", help="hub directory or source spec (default: PROBEX_HUB, else the built-in zoo)"
+    )
+    run.add_argument(
+        "--zoo",
+        choices=["tiny", "default"],
+        default="default",
+        help="built-in zoo preset used when no hub is given",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of the built-in zoo")
+    run.add_argument("--epochs", type=int, default=None, help="expert training epochs")
+    run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
+    run.set_defaults(func=_cmd_run)
+
+    sql = sub.add_parser("sql", help="query the catalog (DuckDB, read-only)")
+    sql.add_argument("query")
+    sql.set_defaults(func=_cmd_sql)
+
+    search = sub.add_parser("search", help="rank models by similarity to a text")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--tree", default=None, help="only this tree")
+    search.set_defaults(func=_cmd_search)
+
+    predict = sub.add_parser("predict", help="route one model and predict its training classes")
+    predict.add_argument(
+        "target", help="a repo directory, a safetensors file, or a repo id of the hub"
+    )
+    predict.add_argument("--hub", default=None, help="hub to resolve a repo id in")
+    predict.add_argument("--top", type=int, default=5)
+    predict.set_defaults(func=_cmd_predict)
+
+    report = sub.add_parser("report", help="trees, experts and evaluations")
+    report.set_defaults(func=_cmd_report)
 
     bench = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     bench.add_argument("name", nargs="?", default=None)

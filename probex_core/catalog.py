@@ -29,6 +29,9 @@ class Home:
 
     root: Path  # the home directory itself
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
     @classmethod
     def from_env(cls, root: str | Path | None = None) -> Home:
         return cls(Path(root or os.environ.get("PROBEX_HOME", ".probex")).resolve())

@@ -42,7 +42,9 @@ class TrainConfig:
     val_every: int = 25  # validate every this many epochs (and after the last one); paper: 25
     patience: int | None = None  # stop after this many validations without gain; None = never
     seed: int = 0  # seeds batch order (model init is seeded by build_model's `seed`)
-    objective: str = "classify"  # "classify" (BCE, multi-hot) | "zeroshot" (CE over class texts)
+    # "classify" (BCE, multi-hot) | "single" (softmax CE, one class per model; validated by
+    # top-1) | "zeroshot" (CE over class texts)
+    objective: str = "classify"
 
     @property
     def step_size(self) -> float:
@@ -285,6 +287,9 @@ def _validate(
     if cfg.objective == "classify":
         probs = predict_proba(model, val, cfg.batch_size)
         return per_class_accuracy(val.Y.numpy(), probs.numpy())
+    if cfg.objective == "single":
+        probs = predict_proba(model, val, cfg.batch_size)
+        return topk_accuracy(probs.numpy(), val.Y.numpy(), k=1)
     cand = torch.nonzero(val.Y.sum(0) > 0).flatten()
     scores = zero_shot_scores(model, val, texts[cand], cfg.batch_size)
     return topk_accuracy(scores.numpy(), val.Y[:, cand].numpy(), k=1)
@@ -316,7 +321,7 @@ def train_expert(
             raise ValueError("objective 'zeroshot' needs text_embeddings")
         texts = text_embeddings.float()
         seen = torch.nonzero(train.Y.sum(0) > 0).flatten()
-    elif cfg.objective != "classify":
+    elif cfg.objective not in ("classify", "single"):
         raise ValueError(f"unknown objective {cfg.objective!r}")
 
     if hasattr(model, "fit_stats"):
@@ -335,6 +340,8 @@ def train_expert(
         for X, Y in train.batches(cfg.batch_size, gen):
             if cfg.objective == "classify":
                 loss = F.binary_cross_entropy_with_logits(model(X), Y)
+            elif cfg.objective == "single":
+                loss = F.cross_entropy(model(X), Y.argmax(1))
             else:
                 loss = _zero_shot_loss(model.zero_shot_logits(X, texts[seen]), Y[:, seen])
             opt.zero_grad(set_to_none=True)
@@ -358,7 +365,7 @@ def train_expert(
     model.load_state_dict(best_state)
     model.eval()
     n_epochs = max(history[-1]["epoch"], 1)
-    name = "per_class_accuracy" if cfg.objective == "classify" else "zero_shot_top1"
+    name = {"classify": "per_class_accuracy", "single": "top1"}.get(cfg.objective, "zero_shot_top1")
     return TrainResult(model, best_epoch, best_metric, history, train_time / n_epochs, name)
 
 

@@ -183,3 +183,17 @@ def test_shared_baseline_spans_trees_of_different_shapes() -> None:
     shared = train_shared_baseline(data, "probex", TrainConfig(epochs=2, val_every=1), **PROBEX)
     assert shared.shape == (20, 24)
     assert predict_proba(shared.result.model, shared.prepare(trees[1].X)).shape == (60, 6)
+
+
+def test_single_label_objective_learns_one_class_per_model():
+    torch.manual_seed(0)
+    n, C = 120, 4
+    cls = torch.arange(n) % C
+    dirs = torch.randn(C, 6, 5)
+    X = dirs[cls] + 0.3 * torch.randn(n, 6, 5)
+    Y = torch.nn.functional.one_hot(cls, C).float()
+    model = build_model("probex", 6, 5, C, r_U=4, r_V=4, r_T=8)
+    cfg = TrainConfig(epochs=60, val_every=10, objective="single", lr=1e-2)
+    res = train_expert(model, (X[:80], Y[:80]), (X[80:], Y[80:]), cfg)
+    assert res.metric_name == "top1"
+    assert res.best_metric >= 0.9

@@ -1,0 +1,71 @@
+"""Per tree: the ProbeX experts (discriminative and zero-shot) and their baselines."""
+
+import dagster as dg
+from pydantic import Field
+
+from assets._common import report_metadata
+from assets.layers import tree_layers
+from assets.partitions import TREES
+from orchestration.resources import ProbexHome
+from probex_core import pipeline
+
+
+class ExpertTraining(dg.Config):
+    """How hard to train; the defaults are the ones the README's numbers were measured with."""
+
+    epochs: int = Field(
+        default=pipeline.ExpertSettings.epochs, description="training epochs per expert"
+    )
+    sweep_epochs: int = Field(
+        default=pipeline.ExpertSettings.sweep_epochs,
+        description="epochs per layer in the layer sweep",
+    )
+    encoder: str = Field(
+        default=pipeline.ExpertSettings.encoder,
+        description="text encoder spec (minilm | open_clip:NAME:WEIGHTS)",
+    )
+    val_every: int = Field(
+        default=pipeline.ExpertSettings.val_every, description="validate every N epochs"
+    )
+    seed: int = Field(default=0, description="seed for splits and training")
+
+    def settings(self) -> pipeline.ExpertSettings:
+        return pipeline.ExpertSettings(
+            epochs=self.epochs,
+            sweep_epochs=self.sweep_epochs,
+            val_every=self.val_every,
+            encoder=self.encoder,
+            seed=self.seed,
+        )
+
+
+@dg.asset(
+    group_name="experts",
+    deps=[tree_layers],
+    partitions_def=TREES,
+    code_version=pipeline.CODE_VERSIONS["tree_experts"],
+    description="For one tree: layer sweep on validation, then a ProbeX discriminative expert, "
+    "a ProbeX zero-shot expert (text space), and baselines (Dense, StatNN) on the same split.",
+)
+def tree_experts(
+    context: dg.AssetExecutionContext, config: ExpertTraining, probex_home: ProbexHome
+) -> dg.MaterializeResult:
+    report = pipeline.train_experts(probex_home.get(), context.partition_key, config.settings())
+    return dg.MaterializeResult(
+        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
+    )
+
+
+@dg.asset_check(
+    asset=tree_experts,
+    partitions_def=TREES,
+    blocking=True,
+    description="expert weights finite; validation accuracy above chance",
+)
+def tree_experts_gate(
+    context: dg.AssetCheckExecutionContext, probex_home: ProbexHome
+) -> dg.AssetCheckResult:
+    problems, facts = pipeline.verify_experts(probex_home.get(), context.partition_key)
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"problems": "\n".join(problems) or "none", **facts}
+    )

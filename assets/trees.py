@@ -1,0 +1,65 @@
+"""Model Trees recovered from weights; declared base models are hints that get checked."""
+
+import dagster as dg
+import great_expectations.expectations as gxe
+
+from assets._common import report_metadata
+from assets.hub import hub_repos
+from assets.partitions import TREES
+from orchestration.resources import HubSourceResource, ProbexHome
+from probex_core import pipeline
+from probex_core.catalog import read_table
+from probex_core.quality import validate
+
+
+@dg.asset(
+    group_name="trees",
+    deps=[hub_repos],
+    code_version=pipeline.CODE_VERSIONS["model_trees"],
+    description="Trees recovered from weights (architecture signature, then weight-distance "
+    "clustering, then a kurtosis-directed minimum spanning arborescence), the router, and "
+    "every disagreement with a card's declared base_model. Registers one `trees` partition "
+    "per tree.",
+)
+def model_trees(
+    context: dg.AssetExecutionContext, probex_home: ProbexHome, hub: HubSourceResource
+) -> dg.MaterializeResult:
+    report = pipeline.recover(probex_home.get(), hub.source())
+    tree_ids = report.summary["tree_ids"].split(",") if report.summary["tree_ids"] else []
+    known = set(context.instance.get_dynamic_partitions(TREES.name))
+    new = [t for t in tree_ids if t not in known]
+    if new:
+        context.instance.add_dynamic_partitions(TREES.name, new)
+        context.log.info(f"added tree partitions: {new}")
+    return dg.MaterializeResult(
+        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
+    )
+
+
+@dg.asset_check(
+    asset=model_trees, description="every crawled repo has exactly one tree; one root per tree"
+)
+def model_trees_complete(probex_home: ProbexHome) -> dg.AssetCheckResult:
+    home = probex_home.get()
+    members = read_table(home, "tree_members")
+    n_repos = len(read_table(home, "repos"))
+    roots = members[members.is_root].groupby("tree_id").size()
+    report = validate(
+        members,
+        "model_trees",
+        [
+            gxe.ExpectColumnValuesToBeUnique(column="repo_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="tree_id"),
+            gxe.ExpectTableRowCountToEqual(value=n_repos),
+            gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
+        ],
+    )
+    one_root = bool((roots == 1).all()) and len(roots) == members.tree_id.nunique()
+    return dg.AssetCheckResult(
+        passed=report.success and one_root,
+        metadata={
+            "summary": report.summary(),
+            "trees": int(members.tree_id.nunique()),
+            "one_root_per_tree": one_root,
+        },
+    )

@@ -1,0 +1,36 @@
+"""The one Definitions object: every asset, check, job, sensor and resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import evaluation, experts, hub, layers, trees
+from orchestration.resources import make_resources
+from orchestration.sensors import (
+    crawl_job,
+    hub_change_sensor,
+    rebuild_tree_job,
+    refresh_job,
+    stale_trees_sensor,
+)
+
+ASSET_MODULES = [hub, trees, layers, experts, evaluation]
+
+
+def build_definitions(home: str | None = None, hub_spec: str | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+        jobs=[crawl_job, rebuild_tree_job, refresh_job],
+        sensors=[hub_change_sensor, stale_trees_sensor],
+        resources=make_resources(home, hub_spec),
+    )
+
+
+defs = build_definitions()
+
+
+def rebuild_job_from_env() -> dg.JobDefinition:
+    """The per-tree rebuild job, rebuilt from the environment in a step subprocess
+    (a reconstructable target for the multiprocess executor)."""
+    return build_definitions().resolve_job_def("rebuild_tree")

@@ -1,0 +1,122 @@
+"""`probex run`: materialise the whole graph in-process, incrementally, with progress.
+
+It uses a persistent Dagster instance under $PROBEX_HOME/dagster, so runs, partitions and
+check results show up in `dagster dev` afterwards, and a rerun rebuilds only stale trees.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from assets.evaluation import evaluations, model_predictions
+from assets.experts import tree_experts
+from assets.hub import hub_repos
+from assets.layers import tree_layers
+from assets.partitions import TREES
+from assets.trees import model_trees
+from orchestration.definitions import ASSET_MODULES
+from orchestration.resources import make_resources
+from probex_core import pipeline
+from probex_core.catalog import Home, query
+
+
+def instance_for(home: Home) -> dg.DagsterInstance:
+    home.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = home.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    return dg.DagsterInstance.from_config(str(home.dagster_home))
+
+
+def _step(n: int, total: int, text: str) -> float:
+    print(f"[{n}/{total}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def run_all(
+    home: Home, hub_spec: str, expert_config: dict | None = None, force: bool = False
+) -> dict:
+    """Crawl → trees → (stale) layers and experts per tree → predictions → evaluations."""
+    assets = [
+        *dg.load_assets_from_modules(ASSET_MODULES),
+        *dg.load_asset_checks_from_modules(ASSET_MODULES),
+    ]
+    resources = make_resources(str(home.root), hub_spec)
+    instance = instance_for(home)
+    run_config = {"ops": {"tree_experts": {"config": expert_config}}} if expert_config else None
+    started = time.perf_counter()
+    checks: list[dg.AssetCheckEvaluation] = []
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    def materialize(run_config: dict | None = None, **kwargs) -> None:
+        result = dg.materialize(
+            assets,
+            instance=instance,
+            resources=resources,
+            run_config={**quiet, **(run_config or {})},
+            **kwargs,
+        )
+        checks.extend(result.get_asset_check_evaluations())
+
+    t = _step(1, 4, f"crawl {hub_spec} and recover trees")
+    materialize(selection=[hub_repos, model_trees])
+    repos = query_or_empty(home, "SELECT count(*) AS n FROM raw_repos")
+    print(f"      {repos} repos crawled in {time.perf_counter() - t:.1f}s", flush=True)
+
+    plan = pipeline.stale_trees(home)
+    targets = list(plan.wanted) if force else plan.stale
+    new = [k for k in plan.wanted if k not in instance.get_dynamic_partitions(TREES.name)]
+    if new:
+        instance.add_dynamic_partitions(TREES.name, new)
+    fresh = len(plan.wanted) - len(targets)
+    _step(2, 4, f"{len(plan.wanted)} trees: {len(targets)} to build, {fresh} up to date")
+    for i, tree in enumerate(targets, 1):
+        t = time.perf_counter()
+        materialize(
+            partition_key=tree,
+            selection=[tree_layers, tree_experts],
+            run_config=run_config,
+        )
+        print(
+            f"      tree {i}/{len(targets)} {tree}: layers + experts in {time.perf_counter() - t:.1f}s",
+            flush=True,
+        )
+
+    t = _step(3, 4, "route every model to its expert; evaluate")
+    materialize(selection=[model_predictions, evaluations])
+    _step(4, 4, f"done in {time.perf_counter() - started:.1f}s; catalog: {home.catalog_path}")
+    failed = [f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed]
+    if failed:
+        print(f"      checks FAILED: {', '.join(failed)}", flush=True)
+    return {
+        "built": targets,
+        "fresh": fresh,
+        "seconds": time.perf_counter() - started,
+        "checks": {f"{c.asset_key.to_user_string()}:{c.check_name}": c.passed for c in checks},
+    }
+
+
+def query_or_empty(home: Home, sql: str) -> object:
+    from probex_core.catalog import refresh_views
+
+    refresh_views(home)
+    df = query(home, sql)
+    return df.iloc[0, 0] if len(df) else 0
+
+
+def ensure_default_hub(home: Home, preset: str, seed: int = 0) -> Path:
+    """The embedded default: a zoo generated once under the home, reused afterwards."""
+    out = home.root / f"zoo-{preset}"
+    hub = out / "hub"
+    if not (out / "manifest.json").is_file():
+        from probex_core.zoo import generate_zoo
+
+        print(f"no hub given: generating the built-in '{preset}' zoo into {out}", flush=True)
+        generate_zoo(preset=preset, out=out, seed=seed, progress=True)
+    return hub

@@ -1,0 +1,77 @@
+"""Incremental rebuilds: only the trees whose members (or expert code) changed are rebuilt.
+
+Dagster's own staleness does not cover dynamic partitions well (STACK.md: issues 22553,
+28063, 33708), so the evidence is ours: each tree's wanted version is a hash of its members'
+fingerprints and the layer/expert code versions; each trained expert records the version it
+was built from. A tree whose recorded version differs is stale. The run key is the wanted
+version, so a tree is never launched twice for the same state.
+"""
+
+import dagster as dg
+
+from assets.evaluation import evaluations, model_predictions
+from assets.experts import tree_experts
+from assets.hub import hub_repos
+from assets.layers import tree_layers
+from assets.partitions import TREES
+from assets.trees import model_trees
+from orchestration.resources import HubSourceResource, ProbexHome
+from probex_core import pipeline
+
+rebuild_tree_job = dg.define_asset_job(
+    "rebuild_tree",
+    selection=[tree_layers, tree_experts],
+    partitions_def=TREES,
+    description="Re-extract one tree's layers and retrain its experts.",
+)
+crawl_job = dg.define_asset_job(
+    "crawl_and_recover",
+    selection=[hub_repos, model_trees],
+    description="Crawl the hub and recover its trees.",
+)
+refresh_job = dg.define_asset_job(
+    "predict_and_evaluate",
+    selection=[model_predictions, evaluations],
+    description="Route every model to its expert and score everything.",
+)
+
+
+def plan_rebuilds(home, known_partitions: set[str]) -> dg.SensorResult | dg.SkipReason:
+    """The run requests for stale trees, plus partitions for trees seen for the first time."""
+    try:
+        plan = pipeline.stale_trees(home)
+    except FileNotFoundError as err:
+        return dg.SkipReason(f"no recovered trees yet ({err})")
+    new = [t for t in plan.wanted if t not in known_partitions]
+    requests = [
+        dg.RunRequest(partition_key=t, run_key=f"{t}:{plan.wanted[t]}", tags={"probex/tree": t})
+        for t in plan.stale
+    ]
+    if not requests and not new:
+        return dg.SkipReason(f"all {len(plan.wanted)} trees are up to date")
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[TREES.build_add_request(new)] if new else [],
+    )
+
+
+@dg.sensor(
+    job=rebuild_tree_job,
+    minimum_interval_seconds=30,
+    description="Rebuild layers and experts of exactly the trees that changed.",
+)
+def stale_trees_sensor(context: dg.SensorEvaluationContext, probex_home: ProbexHome):
+    known = set(context.instance.get_dynamic_partitions(TREES.name))
+    return plan_rebuilds(probex_home.get(), known)
+
+
+@dg.sensor(
+    job=crawl_job,
+    minimum_interval_seconds=60,
+    description="Re-crawl when the hub's listing (files, sizes, times) changes.",
+)
+def hub_change_sensor(context: dg.SensorEvaluationContext, hub: HubSourceResource):
+    state = pipeline.hub_listing_fingerprint(hub.source())
+    if state == context.cursor:
+        return dg.SkipReason("hub unchanged")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=state)], cursor=state)

@@ -1,0 +1,81 @@
+"""What every step shares: its report type, code versions, settings, small helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+# Bump a step's version when its output for the same input changes: every partition of that
+# asset (and what depends on it) becomes stale.
+CODE_VERSIONS: dict[str, str] = {
+    "hub_repos": "1",
+    "model_trees": "1",
+    "tree_layers": "1",
+    "tree_experts": "1",
+    "model_predictions": "1",
+    "evaluations": "1",
+}
+
+
+@dataclass
+class StepReport:
+    """What a step tells the UI: numbers, small tables, plots (PNG bytes), a data version."""
+
+    summary: dict[str, float | int | str] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    plots: dict[str, bytes] = field(default_factory=dict)
+    data_version: str = ""
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    """How the per-tree experts are trained."""
+
+    epochs: int = 300  # epochs for each final expert (paper: 500 classify / 200 zero-shot)
+    sweep_epochs: int = 60  # cheap training per candidate layer in the layer sweep
+    val_every: int = 10  # validate every this many epochs; the best checkpoint is kept
+    encoder: str = "minilm"  # text encoder spec for the zero-shot expert
+    seed: int = 0  # seeds the train/val split and every model
+    val_fraction: float = 0.2  # share of documented models held out for validation
+    min_documented: int = 40  # fewer documented models in a tree: no expert (it would not learn)
+    max_layers: int = 6  # candidate layers per tree in the sweep
+    dense_max_params: int = 30_000_000  # skip the Dense baseline above this size (reported)
+    r_U: int = 128  # ProbeX probes (paper 128)
+    r_V: int = 128  # ProbeX shared projection width (paper 128)
+    r_T: int = 128  # representation width (paper 512; its scripts use 128)
+
+
+def digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    """A frame with fixed columns and dtypes, also when there are no rows (typed Parquet)."""
+    df = pd.DataFrame(rows, columns=list(columns))
+    for col, dtype in columns.items():
+        if dtype == "str":
+            df[col] = df[col].astype("string")
+        elif dtype == "bool":
+            df[col] = df[col].astype("boolean")
+        elif dtype == "int":
+            df[col] = df[col].astype("Int64")
+        elif dtype == "float":
+            df[col] = df[col].astype("float64")
+    return df

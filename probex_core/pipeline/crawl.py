@@ -1,0 +1,125 @@
+"""Step 1: crawl the hub (headers, cards, configs) into the `repos` and `rejected` tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from probex_core.catalog import Home, atomic_write_json, write_table
+from probex_core.hub import HubSource, RepoRecord, TensorInfo, crawl_all
+from probex_core.pipeline.common import StepReport, digest, frame
+
+REPO_COLUMNS = {
+    "repo_id": "str",
+    "source": "str",
+    "kind": "str",
+    "weights_file": "str",
+    "signature": "str",
+    "fingerprint": "str",
+    "documented": "bool",
+    "base_model": "str",
+    "base_model_relation": "str",
+    "training_classes": "object",
+    "n_tensors": "int",
+    "n_params": "int",
+    "split": "str",
+}
+REJECTED_COLUMNS = {"repo_id": "str", "path": "str", "reason": "str"}
+
+
+def records_path(home: Home) -> Path:
+    return home.artifacts / "records.json"
+
+
+def _record_to_json(r: RepoRecord) -> dict:
+    d = dataclasses.asdict(r)
+    d["tensors"] = {n: dataclasses.asdict(t) for n, t in r.tensors.items()}
+    return d
+
+
+def _record_from_json(d: dict) -> RepoRecord:
+    d = dict(d)
+    d["tensors"] = {
+        n: TensorInfo(**{**t, "shape": tuple(t["shape"])}) for n, t in d["tensors"].items()
+    }
+    for key in ("files", "base_model"):
+        d[key] = tuple(d[key])
+    if d.get("training_classes") is not None:
+        d["training_classes"] = tuple(d["training_classes"])
+    return RepoRecord(**d)
+
+
+def load_records(home: Home) -> dict[str, RepoRecord]:
+    """The crawled records by repo id (tensor index included), as the last crawl saw them."""
+    path = records_path(home)
+    if not path.is_file():
+        raise FileNotFoundError(f"no crawl yet: {path} is missing (materialise hub_repos)")
+    return {d["repo_id"]: _record_from_json(d) for d in json.loads(path.read_text())}
+
+
+def _n_params(r: RepoRecord) -> int:
+    total = 0
+    for t in r.tensors.values():
+        n = 1
+        for s in t.shape:
+            n *= s
+        total += n
+    return total
+
+
+def crawl(home: Home, source: HubSource) -> StepReport:
+    records, rejected = crawl_all(source, progress=False)
+    records.sort(key=lambda r: r.repo_id)
+    atomic_write_json(records_path(home), [_record_to_json(r) for r in records])
+    rows = [
+        {
+            "repo_id": r.repo_id,
+            "source": r.source,
+            "kind": r.kind,
+            "weights_file": r.weights_file,
+            "signature": r.signature,
+            "fingerprint": r.fingerprint,
+            "documented": r.documented,
+            "base_model": r.base_model[0] if r.base_model else None,
+            "base_model_relation": r.base_model_relation,
+            "training_classes": list(r.training_classes) if r.training_classes else None,
+            "n_tensors": len(r.tensors),
+            "n_params": _n_params(r),
+            "split": r.split,
+        }
+        for r in records
+    ]
+    repos = frame(rows, REPO_COLUMNS)
+    write_table(home, "repos", repos)
+    rej = frame([dataclasses.asdict(x) for x in rejected], REJECTED_COLUMNS)
+    write_table(home, "rejected", rej)
+    kinds = repos.groupby("kind").size().to_dict() if len(repos) else {}
+    return StepReport(
+        summary={
+            "repos": len(records),
+            "rejected": len(rejected),
+            "documented": int(repos.documented.sum()) if len(repos) else 0,
+            "signatures": int(repos.signature.nunique()) if len(repos) else 0,
+            **{f"kind_{k}": int(v) for k, v in kinds.items()},
+        },
+        tables={"rejected_repos": rej, "sample": repos.drop(columns=["training_classes"]).head(10)},
+        data_version=digest(sorted(r.fingerprint for r in records)),
+    )
+
+
+def hub_listing_fingerprint(source: HubSource) -> str:
+    """A cheap hash of what the hub lists (ids, plus file sizes/times for local hubs)."""
+    ids = sorted(source.list_repos())
+    root = getattr(source, "root", None)
+    stats = []
+    if root is not None:
+        for repo in ids:
+            d = Path(root) / repo
+            if d.is_dir():
+                stats.extend(
+                    (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in sorted(d.iterdir())
+                    if p.is_file()
+                )
+    return digest(ids, stats)

@@ -1,0 +1,285 @@
+"""Step 6: scores against ground truth (a zoo manifest), per tree and method.
+
+Only this step reads ground truth. Experts learned from documented models; they are scored
+on the undocumented ones: in-distribution (split "test") and held-out classes (the holdout
+splits, whose classes no documented model was trained on).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from probex_core.catalog import Home, read_table, refresh_views, write_table
+from probex_core.metrics import mean_average_precision, per_class_accuracy, set_f1, topk_accuracy
+from probex_core.pipeline.common import StepReport, frame, png
+from probex_core.pipeline.experts import load_meta, majority_chance, text_encoder, tree_labels
+from probex_core.pipeline.layers import load_layer_index
+from probex_core.pipeline.predict import text_space
+from probex_core.text import class_prompts
+from probex_core.train import load_expert, open_layer_stack, predict_proba
+from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
+
+EVAL_COLUMNS = {
+    "tree_id": "str",
+    "method": "str",
+    "metric": "str",
+    "value": "float",
+    "chance": "float",
+    "n": "int",
+    "split": "str",
+}
+HOLDOUT = ("val_holdout", "test_holdout")
+
+
+def _recovery_from_tables(home: Home) -> TreeRecovery:
+    members = read_table(home, "tree_members")
+    summary = read_table(home, "tree_summary")
+    models = {
+        r.repo_id: ModelAssignment(
+            r.repo_id,
+            r.tree_id,
+            None if r.parent is None or r.parent != r.parent else r.parent,
+            int(r.depth),
+            bool(r.is_root),
+            "",
+        )
+        for r in members.itertuples()
+    }
+    trees = {
+        r.tree_id: TreeInfo(r.tree_id, r.root_repo, int(r.size), r.signature, r.kind, "")
+        for r in summary.itertuples()
+    }
+    return TreeRecovery(models, trees, [], {})
+
+
+def _multi_hot(class_lists: list[list[str]], classes: list[str]) -> np.ndarray:
+    col = {c: j for j, c in enumerate(classes)}
+    Y = np.zeros((len(class_lists), len(classes)), dtype=np.float32)
+    for i, cs in enumerate(class_lists):
+        for c in cs:
+            if c in col:
+                Y[i, col[c]] = 1
+    return Y
+
+
+def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
+    rows: list[dict] = []
+
+    def add(tree, method, metric, value, chance, n, split):
+        rows.append(
+            {
+                "tree_id": tree,
+                "method": method,
+                "metric": metric,
+                "value": float(value),
+                "chance": None if chance is None else float(chance),
+                "n": int(n),
+                "split": split,
+            }
+        )
+
+    experts = read_table(home, "expert_results")
+    for r in experts.itertuples():
+        add(
+            r.tree_id,
+            r.method if r.objective == "classify" else "probex-zeroshot",
+            r.metric,
+            r.value,
+            r.chance,
+            r.n_val,
+            "val",
+        )
+    if manifest_path is None:
+        df = frame(rows, EVAL_COLUMNS)
+        write_table(home, "evaluation_rows", df)
+        refresh_views(home)
+        return StepReport(
+            summary={"ground_truth": "none", "rows": len(df)}, tables={"evaluations": df}
+        )
+
+    manifest = json.loads(Path(manifest_path).read_text())
+    truth = {m["repo_id"]: m for m in manifest["models"]}
+    heldout = list(manifest.get("heldout_classes", []))
+
+    scores = score_recovery(
+        _recovery_from_tables(home),
+        {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.items()},
+    )
+    for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
+        add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
+    for tt, s in scores["per_tree"].items():
+        add(tt, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
+
+    routes = read_table(home, "routes").set_index("repo_id")
+    summary = read_table(home, "tree_summary").set_index("tree_id")
+    true_root = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]}
+    for split in ("test", *HOLDOUT):
+        ids = [r for r, m in truth.items() if m["split"] == split and r in routes.index]
+        if ids:
+            ok = [
+                routes.at[r, "routed_tree"] is not None
+                and routes.at[r, "routed_tree"] in summary.index
+                and summary.at[routes.at[r, "routed_tree"], "root_repo"]
+                == true_root[truth[r]["tree_id"]]
+                for r in ids
+            ]
+            add("ALL", "router", "routing_accuracy", np.mean(ok), None, len(ids), split)
+
+    encoder_cache: dict = {}
+    all_emb, all_ids = [], []
+    for tree_id in sorted(summary.index):
+        try:
+            meta = load_meta(home, tree_id)
+        except FileNotFoundError:
+            continue
+        if meta.get("skipped"):
+            continue
+        index = load_layer_index(home, tree_id)
+        ids = index["repo_ids"]
+        with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
+            X = stack.read(slice(0, len(stack)))
+        classes = meta["classes"]
+        _, lab_rows, Y_doc = tree_labels(home, ids)
+        train_rows = [
+            i for i in range(len(lab_rows)) if ids[lab_rows[i]] in set(meta["train_repos"])
+        ]
+        test = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") == "test"]
+        if test:
+            Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
+            chance = majority_chance(Y_doc[train_rows], torch.from_numpy(Yt))
+            for method, ckpt in meta["checkpoints"].items():
+                if method == "zeroshot":
+                    continue
+                model, _ = load_expert(home.expert_dir(tree_id) / ckpt)
+                probs = predict_proba(model, X[test]).numpy()
+                add(
+                    tree_id,
+                    method,
+                    "per_class_accuracy",
+                    per_class_accuracy(Yt, probs),
+                    chance,
+                    len(test),
+                    "test",
+                )
+                add(
+                    tree_id,
+                    method,
+                    "mean_average_precision",
+                    mean_average_precision(Yt, probs),
+                    None,
+                    len(test),
+                    "test",
+                )
+                add(tree_id, method, "set_f1", set_f1(Yt, probs > 0.5), None, len(test), "test")
+                if meta.get("single_label"):
+                    add(
+                        tree_id,
+                        method,
+                        "top1",
+                        topk_accuracy(probs, Yt, 1),
+                        1 / len(classes),
+                        len(test),
+                        "test",
+                    )
+
+        zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
+        spec = meta["encoder"]
+        encoder_cache.setdefault(spec, text_encoder(home, spec))
+        emb = text_space(zs, X)
+        all_emb.append(emb)
+        all_ids.extend(ids)
+        if test:
+            T = encoder_cache[spec].encode(class_prompts(classes))
+            s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
+            Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
+            add(
+                tree_id,
+                "probex-zeroshot",
+                "zero_shot_top1",
+                topk_accuracy(s, Yt, 1),
+                Yt.sum(1).mean() / len(classes),
+                len(test),
+                "test",
+            )
+        hold = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") in HOLDOUT]
+        hold = [i for i in hold if set(truth[ids[i]]["training_classes"]) & set(heldout)]
+        if hold and heldout:
+            T = encoder_cache[spec].encode(class_prompts(heldout))
+            s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()
+            Yh = _multi_hot([truth[ids[i]]["training_classes"] for i in hold], heldout)
+            chance1 = float(Yh.sum(1).mean() / len(heldout))
+            add(
+                tree_id,
+                "probex-zeroshot",
+                "heldout_top1",
+                topk_accuracy(s, Yh, 1),
+                chance1,
+                len(hold),
+                "holdout",
+            )
+            add(
+                tree_id,
+                "probex-zeroshot",
+                "heldout_top5",
+                topk_accuracy(s, Yh, 5),
+                min(1.0, 5 * chance1),
+                len(hold),
+                "holdout",
+            )
+
+    if all_emb and heldout:
+        E = torch.cat(all_emb)
+        spec = next(iter(encoder_cache))
+        T = F.normalize(encoder_cache[spec].encode(class_prompts(heldout)), dim=-1)
+        sims = (T @ E.T).numpy()
+        precs, chances = [], []
+        for j, c in enumerate(heldout):
+            top = np.argsort(-sims[j])[:10]
+            has = np.array([c in truth.get(r, {}).get("training_classes", []) for r in all_ids])
+            precs.append(has[top].mean())
+            chances.append(has.mean())
+        add(
+            "ALL",
+            "search",
+            "heldout_precision_at_10",
+            np.mean(precs),
+            np.mean(chances),
+            len(heldout),
+            "holdout",
+        )
+
+    df = frame(rows, EVAL_COLUMNS)
+    write_table(home, "evaluation_rows", df)
+    refresh_views(home)
+    return StepReport(
+        summary={
+            "ground_truth": str(manifest_path),
+            "rows": len(df),
+            "tree_ari": round(scores["ari"], 4),
+            "edge_accuracy": round(scores["edge_accuracy"], 4),
+        },
+        tables={"evaluations": df},
+        plots={"test accuracy per tree and method": _plot(df)}
+        if (df.split == "test").any()
+        else {},
+    )
+
+
+def _plot(df) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = df[(df.split == "test") & (df.metric == "per_class_accuracy")]
+    piv = sub.pivot_table(index="tree_id", columns="method", values="value")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    piv.plot.bar(ax=ax, rot=20)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("per-class accuracy (test)")
+    return png(fig)

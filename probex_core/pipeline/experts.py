@@ -1,0 +1,361 @@
+"""Step 4 (per tree): layer sweep, ProbeX experts (classification, zero-shot), baselines."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from probex_core.catalog import Home, atomic_write_json, read_table, write_table
+from probex_core.metrics import per_class_accuracy, topk_accuracy
+from probex_core.models import build_model, count_parameters
+from probex_core.pipeline.common import (
+    CODE_VERSIONS,
+    ExpertSettings,
+    StepReport,
+    digest,
+    frame,
+    png,
+)
+from probex_core.pipeline.layers import load_layer_index
+from probex_core.text import CachedTextEncoder, EmbeddingCache, class_prompts, get_text_encoder
+from probex_core.train import (
+    TensorData,
+    TrainConfig,
+    layer_sweep,
+    load_expert,
+    open_layer_stack,
+    predict_proba,
+    save_expert,
+    train_expert,
+)
+
+RESULT_COLUMNS = {
+    "tree_id": "str",
+    "method": "str",
+    "objective": "str",
+    "layer": "str",
+    "metric": "str",
+    "value": "float",
+    "chance": "float",
+    "n_train": "int",
+    "n_val": "int",
+    "encoder": "str",
+    "checkpoint": "str",
+    "code_version": "str",
+}
+SWEEP_COLUMNS = {"tree_id": "str", "layer": "str", "method": "str", "val_metric": "float"}
+BASELINES = ("statnn", "dense")
+
+
+def text_encoder(home: Home, spec: str):
+    """The configured encoder behind an on-disk cache: a text is encoded once per encoder."""
+    return CachedTextEncoder(get_text_encoder(spec), EmbeddingCache(home.artifacts / "text_cache"))
+
+
+def split_documented(
+    repo_ids: list[str], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """A stable train/val split of the documented members: by a hash of (seed, repo id)."""
+    keyed = sorted(range(len(repo_ids)), key=lambda i: digest(seed, repo_ids[i]))
+    n_val = max(1, round(val_fraction * len(repo_ids)))
+    return sorted(keyed[n_val:]), sorted(keyed[:n_val])
+
+
+def tree_labels(home: Home, repo_ids: list[str]) -> tuple[list[str], list[int], torch.Tensor]:
+    """Class list of the tree, the member rows that are documented (roots excluded), and Y."""
+    repos = read_table(home, "repos").set_index("repo_id")
+    members = read_table(home, "tree_members").set_index("repo_id")
+    labelled = []
+    for i, rid in enumerate(repo_ids):
+        classes = repos.at[rid, "training_classes"]
+        if is_list(classes) and len(classes) and not bool(members.at[rid, "is_root"]):
+            labelled.append((i, list(classes)))
+    classes = sorted({c for _, cs in labelled for c in cs})
+    col = {c: j for j, c in enumerate(classes)}
+    Y = torch.zeros(len(labelled), len(classes))
+    for row, (_, cs) in enumerate(labelled):
+        Y[row, [col[c] for c in cs]] = 1.0
+    return classes, [i for i, _ in labelled], Y
+
+
+def is_list(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def majority_chance(Y_train: torch.Tensor, Y_val: torch.Tensor) -> float:
+    """Per-class accuracy of always answering each class's majority label from training."""
+    guess = (Y_train.mean(0) > 0.5).float().expand_as(Y_val)
+    return per_class_accuracy(Y_val.numpy(), guess.numpy())
+
+
+def _plot(tree_id: str, curve: dict[str, float], history: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    a.bar(range(len(curve)), list(curve.values()))
+    a.set_xticks(range(len(curve)), list(curve), rotation=45, ha="right", fontsize=7)
+    a.set_ylabel("val per-class acc")
+    a.set_title(f"{tree_id}: layer sweep")
+    a.set_ylim(min(curve.values()) - 0.05, 1.0)
+    b.plot([h["epoch"] for h in history], [h["val"] for h in history], marker="o")
+    b.set_xlabel("epoch")
+    b.set_title("ProbeX validation")
+    return png(fig)
+
+
+def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepReport:
+    index = load_layer_index(home, tree_id)
+    repo_ids = index["repo_ids"]
+    classes, rows, Y = tree_labels(home, repo_ids)
+    if len(rows) < settings.min_documented or not classes:
+        return skip_tree(home, tree_id, index, len(rows), settings)
+    tr, va = split_documented([repo_ids[i] for i in rows], settings.val_fraction, settings.seed)
+    ldir = home.layer_dir(tree_id)
+
+    def data(layer: str, idx: list[int]) -> TensorData:
+        with open_layer_stack(ldir / f"{layer}.safetensors") as stack:
+            return TensorData(stack.read([rows[i] for i in idx]), Y[idx])
+
+    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
+    single_label = bool((Y.sum(1) == 1).all())
+    objective = "single" if single_label else "classify"
+    sweep_cfg = TrainConfig(
+        epochs=settings.sweep_epochs,
+        val_every=settings.val_every,
+        seed=settings.seed,
+        objective=objective,
+    )
+    t0 = time.perf_counter()
+    sweep = layer_sweep(
+        {n: (data(n, tr), data(n, va)) for n in index["layers"]},
+        "probex",
+        sweep_cfg,
+        seed=settings.seed,
+        **hp,
+    )
+    layer = sweep.best_layer
+    train_d, val_d = data(layer, tr), data(layer, va)
+    d_H, d_W = train_d.shape
+    chance = majority_chance(train_d.Y, val_d.Y)
+    cfg = TrainConfig(
+        epochs=settings.epochs,
+        val_every=settings.val_every,
+        seed=settings.seed,
+        objective=objective,
+    )
+    out = home.expert_dir(tree_id)
+    out.mkdir(parents=True, exist_ok=True)
+    version = index["version"]
+    meta = {
+        "tree_id": tree_id,
+        "layer": layer,
+        "classes": classes,
+        "version": version,
+        "code_version": CODE_VERSIONS["tree_experts"],
+        "encoder": settings.encoder,
+        "settings": asdict(settings),
+    }
+
+    results, checkpoints = [], {}
+
+    def record(
+        method: str, objective: str, metric: str, value: float, chance_: float, ckpt: str
+    ) -> None:
+        results.append(
+            {
+                "tree_id": tree_id,
+                "method": method,
+                "objective": objective,
+                "layer": layer,
+                "metric": metric,
+                "value": float(value),
+                "chance": float(chance_),
+                "n_train": len(tr),
+                "n_val": len(va),
+                "encoder": settings.encoder,
+                "checkpoint": ckpt,
+                "code_version": CODE_VERSIONS["tree_experts"],
+            }
+        )
+
+    models = {"probex": build_model("probex", d_H, d_W, len(classes), seed=settings.seed, **hp)}
+    for kind in BASELINES:
+        if kind == "dense" and d_H * d_W * len(classes) > settings.dense_max_params:
+            continue  # reported below as skipped
+        models[kind] = build_model(kind, d_H, d_W, len(classes), seed=settings.seed)
+    history = []
+    for method, model in models.items():
+        res = train_expert(model, train_d, val_d, cfg)
+        path = out / f"{method}.safetensors"
+        save_expert(
+            path, res.model, {**meta, "method": method, "params": count_parameters(res.model)}
+        )
+        checkpoints[method] = path.name
+        probs = predict_proba(res.model, val_d).numpy()
+        record(
+            method,
+            "classify",
+            "val_per_class_accuracy",
+            per_class_accuracy(val_d.Y.numpy(), probs),
+            chance,
+            path.name,
+        )
+        if single_label:
+            record(
+                method,
+                "classify",
+                "val_top1",
+                topk_accuracy(probs, val_d.Y.numpy(), 1),
+                1 / len(classes),
+                path.name,
+            )
+        if method == "probex":
+            history = res.history
+
+    encoder = text_encoder(home, settings.encoder)
+    texts = encoder.encode(class_prompts(classes))
+    zs = build_model(
+        "probex",
+        d_H,
+        d_W,
+        0,
+        text_dim=texts.shape[1],
+        seed=settings.seed,
+        zs_direction="weight_to_text",
+        **hp,
+    )
+    zs_cfg = TrainConfig(
+        epochs=settings.epochs,
+        val_every=settings.val_every,
+        seed=settings.seed,
+        objective="zeroshot",
+    )
+    zres = train_expert(zs, train_d, val_d, zs_cfg, text_embeddings=texts, class_names=classes)
+    path = out / "zeroshot.safetensors"
+    save_expert(
+        path, zres.model, {**meta, "method": "probex-zeroshot", "encoder_name": encoder.name}
+    )
+    checkpoints["zeroshot"] = path.name
+    present = val_d.Y[:, val_d.Y.sum(0) > 0]
+    record(
+        "probex",
+        "zeroshot",
+        "val_zero_shot_top1",
+        zres.best_metric,
+        float((present.sum(1) / present.shape[1]).mean()),  # a random guess among candidates
+        path.name,
+    )
+
+    meta.update(
+        {
+            "checkpoints": checkpoints,
+            "sweep": sweep.curve,
+            "seconds": time.perf_counter() - t0,
+            "train_repos": [repo_ids[rows[i]] for i in tr],
+            "val_repos": [repo_ids[rows[i]] for i in va],
+            "single_label": single_label,
+        }
+    )
+    atomic_write_json(out / "meta.json", meta)
+    res_df = frame(results, RESULT_COLUMNS)
+    write_table(home, "expert_results", res_df, part=tree_id)
+    write_table(
+        home,
+        "layer_sweep",
+        frame(
+            [
+                {"tree_id": tree_id, "layer": n, "method": "probex", "val_metric": v}
+                for n, v in sweep.curve.items()
+            ],
+            SWEEP_COLUMNS,
+        ),
+        part=tree_id,
+    )
+    skipped = (
+        []
+        if "dense" in models
+        else [f"dense skipped: {d_H}x{d_W}x{len(classes)} > {settings.dense_max_params} params"]
+    )
+    return StepReport(
+        summary={
+            "tree_id": tree_id,
+            "layer": layer,
+            "classes": len(classes),
+            "n_train": len(tr),
+            "n_val": len(va),
+            "seconds": round(meta["seconds"], 1),
+            "notes": "; ".join(skipped) or "none",
+        },
+        tables={"results": res_df[["method", "objective", "metric", "value", "chance"]]},
+        plots={"layer sweep and validation curve": _plot(tree_id, sweep.curve, history)},
+        data_version=digest(version, res_df.value.round(6).tolist()),
+    )
+
+
+def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings) -> StepReport:
+    """Too few documented models to learn from: no expert, said plainly (and not retried
+    until the tree changes). Its models are still routed; they get no class predictions."""
+    out = home.expert_dir(tree_id)
+    out.mkdir(parents=True, exist_ok=True)
+    reason = f"{n_documented} documented models < {settings.min_documented} needed for an expert"
+    for name in out.glob("*.safetensors"):
+        name.unlink()
+    atomic_write_json(
+        out / "meta.json",
+        {
+            "tree_id": tree_id,
+            "version": index["version"],
+            "skipped": reason,
+            "checkpoints": {},
+            "code_version": CODE_VERSIONS["tree_experts"],
+        },
+    )
+    write_table(home, "expert_results", frame([], RESULT_COLUMNS), part=tree_id)
+    write_table(home, "layer_sweep", frame([], SWEEP_COLUMNS), part=tree_id)
+    return StepReport(
+        summary={"tree_id": tree_id, "skipped": reason}, data_version=index["version"]
+    )
+
+
+def load_meta(home: Home, tree_id: str) -> dict:
+    path = home.expert_dir(tree_id) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tree {tree_id}: no experts at {path} (materialise tree_experts)")
+    return json.loads(path.read_text())
+
+
+def verify_experts(home: Home, tree_id: str) -> tuple[list[str], dict]:
+    """The blocking gate: finite weights, and ProbeX above chance on validation."""
+    meta = load_meta(home, tree_id)
+    if meta.get("skipped"):
+        return [], {"skipped": meta["skipped"]}
+    problems = []
+    for method, name in meta["checkpoints"].items():
+        model, _ = load_expert(home.expert_dir(tree_id) / name)
+        bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+        if bad:
+            problems.append(f"{method}: non-finite weights in {bad[:3]}")
+    res = read_table(home, "expert_results")
+    res = res[(res.tree_id == tree_id) & (res.method == "probex")]
+    facts = {}
+    # one class per model (LoRA-style trees): per-class accuracy is ~1 for any all-negative
+    # guess, so the gate reads top-1 instead
+    gated = ("val_top1",) if meta.get("single_label") else ("val_per_class_accuracy",)
+    for metric in (*gated, "val_zero_shot_top1"):
+        r = res[res.metric == metric]
+        if r.empty:
+            continue
+        value, chance = float(r.value.iloc[0]), float(r.chance.iloc[0])
+        facts[metric] = value
+        facts[f"{metric}_chance"] = chance
+        margin = 0.02 if metric == "val_per_class_accuracy" else 0.0
+        if not np.isfinite(value) or value <= chance + margin:
+            problems.append(f"{metric} {value:.3f} is not above chance {chance:.3f}")
+    return problems, facts

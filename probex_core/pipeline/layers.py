@@ -1,0 +1,158 @@
+"""Step 3 (per tree): read the candidate layers of every member, canonicalised to 2-D."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from probex_core.canon import assemble_layer, find_layers
+from probex_core.catalog import Home, atomic_write_json, read_table
+from probex_core.hub import HubSource
+from probex_core.pipeline.common import CODE_VERSIONS, StepReport, digest
+from probex_core.pipeline.crawl import load_records
+from probex_core.train import open_layer_stack, write_layer_stack
+from probex_core.trees import is_head_layer
+
+
+def tree_members(home: Home, tree_id: str) -> list[str]:
+    members = read_table(home, "tree_members")
+    ids = sorted(members.loc[members.tree_id == tree_id, "repo_id"].tolist())
+    if not ids:
+        raise KeyError(f"tree {tree_id!r} has no members in the catalog (materialise model_trees)")
+    return ids
+
+
+def tree_version(home: Home, tree_id: str) -> str:
+    """What a tree's layers and experts are built from: its members' fingerprints + code."""
+    summary = read_table(home, "tree_summary")
+    row = summary[summary.tree_id == tree_id]
+    if row.empty:
+        raise KeyError(f"unknown tree {tree_id!r}")
+    return digest(
+        row.fingerprint.iloc[0], CODE_VERSIONS["tree_layers"], CODE_VERSIONS["tree_experts"]
+    )
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def candidate_layers(
+    shapes_by_repo: dict[str, dict], max_layers: int
+) -> dict[str, tuple[int, int]]:
+    """Layers every member has with one shape (heads excluded), evenly spread over depth."""
+    common = None
+    for shapes in shapes_by_repo.values():
+        specs = {
+            n: s.shape
+            for n, s in find_layers(shapes).items()
+            if not is_head_layer(n) and min(s.shape) >= 2
+        }
+        common = specs if common is None else {n: s for n, s in common.items() if specs.get(n) == s}
+    names = sorted(common or {}, key=_natural)
+    if len(names) > max_layers:
+        step = (len(names) - 1) / (max_layers - 1)
+        names = [names[round(i * step)] for i in range(max_layers)]
+    return {n: common[n] for n in names}
+
+
+def layer_transform(X: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """What experts read: each model's change from the tree's root, scaled to unit RMS.
+
+    Inside a tree the root is shared nuisance, and the size of a fine-tune's change mostly
+    follows its learning rate and steps; the direction of the change is what carries the
+    task. (LoRA layers are already changes: they are only rescaled.) A model equal to the
+    reference stays zero.
+    """
+    D = X if reference is None else X - reference
+    rms = D.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
+    return D / rms.view(-1, *([1] * (D.dim() - 1)))
+
+
+def load_reference(home: Home, tree_id: str, layer: str) -> torch.Tensor | None:
+    """The root's matrix of a layer (None for LoRA trees, whose layers are already ΔW)."""
+    path = home.layer_dir(tree_id) / f"{layer}.reference.safetensors"
+    if not path.is_file():
+        return None
+    with open_layer_stack(path) as stack:
+        return stack.read([0])[0]
+
+
+def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int = 6) -> StepReport:
+    records = load_records(home)
+    ids = tree_members(home, tree_id)
+    recs = [records[i] for i in ids]
+    members = read_table(home, "tree_members")
+    root = members.loc[(members.tree_id == tree_id) & members.is_root.astype(bool), "repo_id"]
+    root_id = root.iloc[0] if len(root) else None
+    # A LoRA tree's root is the full base model; its members' layers are the adapters' ΔW.
+    lora = any(r.kind == "lora" for r in recs)
+    if lora:
+        recs = [r for r in recs if r.kind == "lora"]
+    layers = candidate_layers({r.repo_id: r.tensor_shapes() for r in recs}, max_layers)
+    if not layers:
+        raise ValueError(f"tree {tree_id}: its members share no 2-D layer")
+    stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    for r in recs:
+        specs = find_layers(r.tensor_shapes())
+        names = sorted({t for n in layers for t in specs[n].tensors})
+        tensors = source.read_tensors(r, names)
+        for n in layers:
+            stacks[n].append(assemble_layer(specs[n], tensors))
+    out = home.layer_dir(tree_id)
+    out.mkdir(parents=True, exist_ok=True)
+    repo_ids = [r.repo_id for r in recs]
+    for n, mats in stacks.items():
+        X = torch.stack(mats)
+        reference = None
+        if not lora and root_id in repo_ids:
+            reference = X[repo_ids.index(root_id)]
+            write_layer_stack(out / f"{n}.reference.safetensors", [root_id], reference[None])
+        write_layer_stack(out / f"{n}.safetensors", repo_ids, layer_transform(X, reference))
+    version = tree_version(home, tree_id)
+    atomic_write_json(
+        out / "layers.json",
+        {
+            "tree_id": tree_id,
+            "repo_ids": repo_ids,
+            "version": version,
+            "layers": {n: list(s) for n, s in layers.items()},
+            "reference": None if lora else root_id,
+            "transform": "unit_rms" if lora else "delta_from_root_unit_rms",
+        },
+    )
+    return StepReport(
+        summary={
+            "tree_id": tree_id,
+            "models": len(repo_ids),
+            "layers": len(layers),
+            "layer_shapes": json.dumps({n: list(s) for n, s in layers.items()}),
+        },
+        data_version=version,
+    )
+
+
+def load_layer_index(home: Home, tree_id: str) -> dict:
+    path = home.layer_dir(tree_id) / "layers.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tree {tree_id}: no layers at {path} (materialise tree_layers)")
+    return json.loads(path.read_text())
+
+
+def verify_layers(home: Home, tree_id: str) -> list[str]:
+    """Problems with a tree's layer files: missing members, wrong shapes, NaN/Inf."""
+    index = load_layer_index(home, tree_id)
+    problems = []
+    for n, shape in index["layers"].items():
+        with open_layer_stack(home.layer_dir(tree_id) / f"{n}.safetensors") as stack:
+            if list(stack.repo_ids) != index["repo_ids"]:
+                problems.append(f"{n}: members differ from layers.json")
+            if list(stack.shape[1:]) != list(shape):
+                problems.append(f"{n}: shape {stack.shape} != {shape}")
+            for chunk in stack.iter_chunks(128):
+                if not torch.isfinite(chunk).all():
+                    problems.append(f"{n}: non-finite weights")
+                    break
+    return problems

@@ -1,0 +1,97 @@
+"""Step 5: every member of every tree through its tree's experts: classes and embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probex_core.catalog import Home, read_table, refresh_views, write_table
+from probex_core.pipeline.common import StepReport, digest, frame
+from probex_core.pipeline.experts import load_meta
+from probex_core.pipeline.layers import load_layer_index
+from probex_core.train import load_expert, open_layer_stack, predict_proba
+
+PRED_COLUMNS = {
+    "repo_id": "str",
+    "tree_id": "str",
+    "class_name": "str",
+    "probability": "float",
+    "rank": "int",
+}
+EMB_COLUMNS = {"repo_id": "str", "tree_id": "str", "encoder": "str", "embedding": "object"}
+
+
+def text_space(model, X: torch.Tensor) -> torch.Tensor:
+    """A model's embedding in the shared weight-language space (L2-normalised, text width)."""
+    with torch.no_grad():
+        return model.text_embedding(X)
+
+
+def tree_outputs(
+    home: Home, tree_id: str
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
+    """(repo ids, classes, probabilities (N, C), text-space embeddings (N, D), encoder) of a tree."""
+    meta = load_meta(home, tree_id)
+    if meta.get("skipped"):
+        raise FileNotFoundError(f"tree {tree_id} has no expert: {meta['skipped']}")
+    index = load_layer_index(home, tree_id)
+    with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
+        X = stack.read(slice(0, len(stack)))
+    clf, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["probex"])
+    zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
+    probs = predict_proba(clf, X).numpy()
+    emb = text_space(zs, X).numpy()
+    return (
+        index["repo_ids"],
+        meta["classes"],
+        probs,
+        emb,
+        zmeta.get("encoder_name", meta["encoder"]),
+    )
+
+
+def predict(home: Home) -> StepReport:
+    trees = read_table(home, "tree_summary").tree_id.tolist()
+    preds, embs, done, missing = [], [], [], []
+    for tree_id in sorted(trees):
+        try:
+            repo_ids, classes, probs, emb, encoder = tree_outputs(home, tree_id)
+        except FileNotFoundError:
+            missing.append(tree_id)
+            continue
+        order = np.argsort(-probs, axis=1)
+        for i, rid in enumerate(repo_ids):
+            for rank, j in enumerate(order[i], start=1):
+                preds.append(
+                    {
+                        "repo_id": rid,
+                        "tree_id": tree_id,
+                        "class_name": classes[j],
+                        "probability": float(probs[i, j]),
+                        "rank": rank,
+                    }
+                )
+            embs.append(
+                {
+                    "repo_id": rid,
+                    "tree_id": tree_id,
+                    "encoder": encoder,
+                    "embedding": emb[i].astype(np.float32).tolist(),
+                }
+            )
+        done.append(tree_id)
+    pred_df = frame(preds, PRED_COLUMNS)
+    write_table(home, "predictions_long", pred_df)
+    write_table(home, "model_embeddings", frame(embs, EMB_COLUMNS))
+    refresh_views(home)
+    top = pred_df[pred_df["rank"] <= 3] if len(pred_df) else pred_df
+    return StepReport(
+        summary={
+            "trees_predicted": len(done),
+            "trees_without_experts": ",".join(missing) or "none",
+            "models": len(embs),
+            "prediction_rows": len(pred_df),
+        },
+        tables={"top_predictions": top.head(30)},
+        data_version=digest(done, len(pred_df)),
+    )

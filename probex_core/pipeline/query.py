@@ -1,0 +1,110 @@
+"""What users ask of a built catalog: text search over models, and one model's prediction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from probex_core.canon import assemble_layer, find_layers
+from probex_core.catalog import Home, load_sql, query, read_table
+from probex_core.hub import LocalHubSource, RepoRecord, make_source
+from probex_core.pipeline.experts import is_list, load_meta, text_encoder
+from probex_core.pipeline.layers import layer_transform, load_reference
+from probex_core.pipeline.predict import text_space
+from probex_core.pipeline.recover import weight_records
+from probex_core.text import class_prompts
+from probex_core.train import load_expert, predict_proba
+
+
+def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
+    """Rank stored model embeddings by similarity to `text` — in SQL, no weight is re-read."""
+    encoders = query(home, "SELECT DISTINCT encoder FROM embeddings")
+    if encoders.empty:
+        raise RuntimeError("the catalog has no model embeddings yet; run `probex run` first")
+    spec = load_meta(home, query(home, "SELECT tree_id FROM embeddings LIMIT 1").iloc[0, 0])[
+        "encoder"
+    ]
+    vec = text_encoder(home, spec).encode([text])[0].tolist()
+    return query(home, load_sql("search_models"), [vec, tree, tree, k])
+
+
+@dataclass
+class Prediction:
+    repo_id: str
+    tree_id: str | None
+    route_reason: str
+    distance: float
+    classes: list[tuple[str, float]] = field(default_factory=list)
+    labels: list[tuple[str, float]] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"model: {self.repo_id}"]
+        if self.tree_id is None:
+            lines.append(f"tree:  unknown tree ({self.route_reason}; distance {self.distance:.3g})")
+            return "\n".join(lines)
+        lines.append(f"tree:  {self.tree_id} (distance {self.distance:.3g})")
+        if not self.classes:
+            lines.append(f"no prediction: {self.route_reason}")
+            return "\n".join(lines)
+        lines.append("predicted training classes:")
+        lines += [f"  {p:6.3f}  {c}" for c, p in self.classes]
+        lines.append("nearest text labels (weight-language space):")
+        lines += [f"  {s:6.3f}  {c}" for c, s in self.labels]
+        return "\n".join(lines)
+
+
+def _resolve(home: Home, target: str, hub: str | None) -> tuple[object, RepoRecord]:
+    path = Path(target)
+    if path.is_file():
+        path = path.parent
+    if path.is_dir():
+        source = LocalHubSource(path.parent.parent)
+        repo_id = f"{path.parent.name}/{path.name}"
+        return source, source.crawl(repo_id)
+    if hub is None:
+        hub = os.environ.get("PROBEX_HUB") or str(home.root / "zoo-default" / "hub")
+    source = make_source(hub)
+    return source, source.crawl(target)
+
+
+def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -> Prediction:
+    """Route one model (seen or never seen) to a tree, then ask that tree's experts."""
+    from probex_core.router import Router
+
+    source, record = _resolve(home, target, hub)
+    router = Router.load(home.artifacts / "router")
+    wrec = weight_records(source, {record.repo_id: record})[0]
+    res = router.route(wrec)
+    pred = Prediction(
+        record.repo_id, res.tree_id, getattr(res, "reason", "") or "", float(res.distance)
+    )
+    if res.tree_id is None:
+        return pred
+    meta = load_meta(home, res.tree_id)
+    if meta.get("skipped"):
+        pred.route_reason = f"its tree has no expert ({meta['skipped']})"
+        return pred
+    specs = find_layers(record.tensor_shapes())
+    spec = specs.get(meta["layer"])
+    if spec is None:
+        pred.route_reason = f"model lacks the expert's layer {meta['layer']}"
+        return pred
+    X = assemble_layer(spec, source.read_tensors(record, spec.tensors))[None]
+    X = layer_transform(X, load_reference(home, res.tree_id, meta["layer"]))
+    clf, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["probex"])
+    zs, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["zeroshot"])
+    probs = predict_proba(clf, X)[0]
+    order = torch.argsort(probs, descending=True)[:top]
+    pred.classes = [(meta["classes"][i], float(probs[i])) for i in order]
+    vocab = sorted(
+        {c for cs in read_table(home, "repos").training_classes if is_list(cs) for c in cs}
+    )
+    T = text_encoder(home, meta["encoder"]).encode(class_prompts(vocab))
+    sims = (text_space(zs, X) @ torch.nn.functional.normalize(T, dim=-1).T)[0]
+    order = torch.argsort(sims, descending=True)[:top]
+    pred.labels = [(vocab[i], float(sims[i])) for i in order]
+    return pred

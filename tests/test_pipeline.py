@@ -1,0 +1,281 @@
+"""The Dagster graph on the tiny zoo: materialise, check, query, rebuild incrementally."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file, save_file
+
+from probex_core import pipeline
+from probex_core.catalog import Home, query
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"epochs": 60, "sweep_epochs": 15, "val_every": 15}
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_copy(tiny_zoo, tmp_path_factory) -> Path:
+    """A private copy of the tiny zoo (hub + manifest): tests here may change it."""
+    dst = tmp_path_factory.mktemp("hubcopy") / "zoo"
+    shutil.copytree(tiny_zoo, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def built(tiny_hub_copy, tmp_path_factory):
+    from orchestration.runner import run_all
+
+    home = Home(tmp_path_factory.mktemp("home"))
+    result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
+    return home, result
+
+
+def test_definitions_load():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {
+        "hub_repos",
+        "model_trees",
+        "tree_layers",
+        "tree_experts",
+        "model_predictions",
+        "evaluations",
+    } <= keys
+    for key in keys:
+        assert graph.get(dg.AssetKey(key)).group_name != "default"
+    checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
+    assert checked == keys, "every asset has at least one check"
+    assert defs.get_sensor_def("stale_trees_sensor") is not None
+
+
+def test_everything_materialises_and_every_check_passes(built):
+    home, result = built
+    assert result["checks"], "no checks ran"
+    assert all(result["checks"].values()), result["checks"]
+    for view in ("models", "trees", "experts", "predictions", "evaluations", "embeddings"):
+        assert len(query(home, f"SELECT * FROM {view}")) > 0, view
+
+
+def test_experts_beat_chance_on_undocumented_models(built):
+    home, _ = built
+    df = query(
+        home,
+        "SELECT tree_id, method, value, chance FROM evaluations "
+        "WHERE split = 'test' AND metric = 'per_class_accuracy' AND method = 'probex'",
+    )
+    assert len(df) >= 1
+    big = df.loc[df.value.idxmax()]
+    assert big.value > big.chance + 0.05, df
+
+
+def test_readme_queries_answer(built):
+    home, _ = built
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```sql\n")[1:]]
+    assert len(blocks) >= 5
+    for sql in blocks:
+        df = query(home, sql.strip().rstrip(";"))
+        assert len(df) > 0, sql
+
+
+def test_rejected_repo_is_recorded_and_others_survive(tiny_hub_copy, tmp_path):
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_hub_copy / "hub", hub)
+    bad = hub / "mallory" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    home = Home(tmp_path / "home")
+    from probex_core.hub import make_source
+
+    report = pipeline.crawl(home, make_source(str(hub)))
+    assert report.summary["rejected"] == 1
+    assert report.summary["repos"] == len(list((tiny_hub_copy / "hub").glob("*/*")))
+    from probex_core.catalog import refresh_views
+
+    refresh_views(home)
+    rej = query(home, "SELECT repo_id, path, reason FROM rejected_repos")
+    assert rej.repo_id.tolist() == ["mallory/broken"]
+    assert "model.safetensors" in rej.path.iloc[0] and rej.reason.iloc[0]
+
+
+def _materialisations(instance, asset: str) -> dict[str, int]:
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.partition_key] = counts.get(r.partition_key, 0) + 1
+    return counts
+
+
+def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
+    from orchestration.runner import instance_for, run_all
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_hub_copy, zoo)
+    home = Home(tmp_path / "home")
+    first = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    trees = sorted(first["built"])
+    assert len(trees) >= 3
+
+    # Add one new fine-tune to one tree: a copy of a documented member, slightly perturbed.
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    donor = next(
+        m
+        for m in manifest["models"]
+        if m["split"] == "train" and m["tree_id"] == manifest["trees"][0]["tree_id"]
+    )
+    src = zoo / "hub" / donor["repo_id"]
+    dst = zoo / "hub" / "newcomer" / "fresh-finetune"
+    shutil.copytree(src, dst)
+    weights = next(p for p in dst.glob("*.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(weights))
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        k: v + 1e-3 * v.std() * torch.randn(v.shape, generator=g) for k, v in tensors.items()
+    }
+    save_file(tensors, str(weights), metadata=meta)
+
+    second = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    assert len(second["built"]) == 1, second["built"]
+    changed = second["built"][0]
+    counts = _materialisations(instance_for(home), "tree_experts")
+    assert counts[changed] == 2
+    assert all(n == 1 for t, n in counts.items() if t != changed), counts
+    assert (
+        query(
+            home, "SELECT tree_id FROM models WHERE repo_id = 'newcomer/fresh-finetune'"
+        ).tree_id.iloc[0]
+        == changed
+    )
+
+    third = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    assert third["built"] == [], "an unchanged hub rebuilds nothing"
+
+
+def test_expert_code_version_change_marks_every_tree_stale(built, monkeypatch):
+    home, _ = built
+    assert pipeline.stale_trees(home).stale == []
+    monkeypatch.setitem(pipeline.CODE_VERSIONS, "tree_experts", "changed")
+    plan = pipeline.stale_trees(home)
+    assert sorted(plan.stale) == sorted(plan.wanted) and len(plan.wanted) >= 3
+
+
+def test_sensor_requests_exactly_the_stale_trees(built, monkeypatch):
+    from orchestration.sensors import plan_rebuilds
+
+    home, _ = built
+    assert isinstance(plan_rebuilds(home, set(pipeline.stale_trees(home).wanted)), dg.SkipReason)
+    plan = pipeline.stale_trees(home)
+    victim = sorted(plan.wanted)[0]
+    meta = home.expert_dir(victim) / "meta.json"
+    saved = meta.read_text()
+    try:
+        data = json.loads(saved)
+        data["version"] = "outdated"
+        meta.write_text(json.dumps(data))
+        result = plan_rebuilds(home, set(plan.wanted))
+        assert [r.partition_key for r in result.run_requests] == [victim]
+    finally:
+        meta.write_text(saved)
+
+
+def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, monkeypatch):
+    """Parallel partitions write their own Parquet parts: no DuckDB lock contention."""
+    from orchestration.definitions import rebuild_job_from_env
+    from orchestration.runner import instance_for
+
+    home, _ = built
+    trees = sorted(pipeline.stale_trees(home).wanted)[:3]
+    assert len(trees) == 3
+    monkeypatch.setenv("PROBEX_HOME", str(home.root))
+    instance = instance_for(home)
+    job = dg.reconstructable(rebuild_job_from_env)
+    run_config = {
+        "ops": {"tree_experts": {"config": {**FAST, "epochs": 10}}},
+        "execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
+    }
+    results: dict[str, bool] = {}
+
+    def launch(tree: str) -> None:
+        with dg.execute_job(
+            job, instance=instance, run_config=run_config, tags={"dagster/partition": tree}
+        ) as r:
+            results[tree] = r.success
+
+    threads = [threading.Thread(target=launch, args=(t,)) for t in trees]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {t: True for t in trees}
+    assert set(query(home, "SELECT DISTINCT tree_id FROM raw_expert_results").tree_id) >= set(trees)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_webserver_serves_the_assets_over_graphql(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PROBEX_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dh"),
+    }
+    (tmp_path / "dh").mkdir()
+    exe = Path(sys.executable).with_name("dagster-webserver")
+    proc = subprocess.Popen(
+        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        query_text = "{ assetNodes { assetKey { path } groupName } }"
+        deadline = time.monotonic() + 120
+        nodes = None
+        while time.monotonic() < deadline:
+            try:
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/graphql", json={"query": query_text}, timeout=5
+                )
+                data = r.json().get("data") or {}
+                if data.get("assetNodes"):
+                    nodes = data["assetNodes"]
+                    break
+            except (requests.ConnectionError, requests.Timeout, ValueError):
+                pass
+            time.sleep(1)
+        assert nodes, "webserver did not answer with asset nodes"
+        names = {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert {
+            "hub_repos",
+            "model_trees",
+            "tree_layers",
+            "tree_experts",
+            "model_predictions",
+            "evaluations",
+        } <= names
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
