@@ -6,6 +6,7 @@ check results show up in `dagster dev` afterwards, and a rerun rebuilds only sta
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def run_all(
     ]
     resources = make_resources(str(home.root), hub_spec)
     instance = instance_for(home)
+    home.root.mkdir(parents=True, exist_ok=True)
+    (home.root / "run.json").write_text(json.dumps({"hub": hub_spec}))
     run_config = {"ops": {"tree_experts": {"config": expert_config}}} if expert_config else None
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []
