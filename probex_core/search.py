@@ -27,16 +27,12 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from probex_core.catalog import load_sql
+
 # Ranks the catalog's `embeddings` view (repo_id, tree_id, encoder, embedding FLOAT[],
 # documented) by cosine similarity to a bound text vector. Parameters, in order: the text
 # vector (FLOAT[]), the encoder name, the tree id twice (NULL for all trees), k.
-SEARCH_MODELS_SQL = """\
-SELECT repo_id, tree_id, list_cosine_similarity(embedding, ?::FLOAT[]) AS score, documented
-FROM embeddings
-WHERE encoder = ? AND (?::VARCHAR IS NULL OR tree_id = ?)
-ORDER BY score DESC, repo_id
-LIMIT ?
-"""
+SEARCH_MODELS_SQL = load_sql("search_models")  # one statement, shared with `probex search`
 
 
 class SearchHit(NamedTuple):
@@ -389,7 +385,7 @@ def recall_at_k(
 
 
 def search_models_sql() -> str:
-    """The DuckDB statement behind `probex search` (destined for sql/search_models.sql)."""
+    """The DuckDB statement behind `probex search` (sql/search_models.sql)."""
     return SEARCH_MODELS_SQL
 
 

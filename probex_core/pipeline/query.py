@@ -22,14 +22,14 @@ from probex_core.train import load_expert, predict_proba
 
 def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
     """Rank stored model embeddings by similarity to `text` — in SQL, no weight is re-read."""
-    encoders = query(home, "SELECT DISTINCT encoder FROM embeddings")
-    if encoders.empty:
+    stored = query(home, "SELECT DISTINCT tree_id, encoder FROM embeddings")
+    if stored.empty:
         raise RuntimeError("the catalog has no model embeddings yet; run `probex run` first")
-    spec = load_meta(home, query(home, "SELECT tree_id FROM embeddings LIMIT 1").iloc[0, 0])[
-        "encoder"
-    ]
+    if stored.encoder.nunique() > 1:
+        raise RuntimeError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
+    spec = load_meta(home, stored.tree_id.iloc[0])["encoder"]
     vec = text_encoder(home, spec).encode([text])[0].tolist()
-    return query(home, load_sql("search_models"), [vec, tree, tree, k])
+    return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
 
 
 @dataclass
