@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
+from probex_core.bench.zoo import _Setup
 from probex_core.zoo import PRESETS, generate_zoo
 from probex_core.zoo.archs import MLP
 from probex_core.zoo.data import CLASSES, COLOURS, SHAPES, heldout_classes, image_pool
@@ -193,6 +195,90 @@ def test_trainer_learns_planted_classes_and_not_shuffled_labels() -> None:
     acc_real = multiclass_accuracy(arch.forward, real, ev, classes[:1]).item()
     acc_fake = multiclass_accuracy(arch.forward, fake, ev, classes[:1]).item()
     assert acc_real > 0.6 and acc_fake < 0.45
+
+
+class _RecordingTask(MulticlassTask):
+    """Remembers which models each step drew targets for, and the targets."""
+
+    def __init__(self, pool: torch.Tensor, classes: torch.Tensor):
+        super().__init__(pool, classes)
+        self.draws: list[tuple[list[int], torch.Tensor]] = []
+
+    def batch(
+        self, idx: torch.Tensor, b: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, y = super().batch(idx, b, gen)
+        self.draws.append((idx.tolist(), y))
+        return cls, y
+
+
+def _torch_adamw(
+    arch: MLP, start: dict[str, torch.Tensor], h: Hyper, batches: list[tuple]
+) -> dict[str, torch.Tensor]:
+    """One model trained by torch.optim.AdamW and a LambdaLR schedule on the given batches."""
+    p = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+    opt = torch.optim.AdamW(p.values(), lr=h.lr, weight_decay=h.weight_decay)
+    cosine = h.scheduler == "cosine"
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / h.steps)) if cosine else 1.0
+    )
+    for x, y in batches:
+        opt.zero_grad()
+        MulticlassTask.loss(arch.forward(p, x), y).sum().backward()
+        opt.step()
+        sched.step()
+    return {k: v.detach() for k, v in p.items()}
+
+
+def test_batched_training_is_torch_adamw_per_model() -> None:
+    """Each stacked model ends where torch.optim.AdamW takes it alone on the same batches.
+
+    Covers per-model lr, weight decay and schedule, models that stop early and models
+    passed out of step order (the trainer reorders them internally and back).
+    """
+    gen = torch.Generator().manual_seed(0)
+    pool = image_pool(4, gen)
+    arch = MLP(hidden=(16, 8))
+    hypers = [
+        Hyper(5e-3, 1e-1, 4, 8, "cosine", True, False, 0),
+        Hyper(3e-3, 1e-2, 9, 8, "cosine", True, True, 1),
+        Hyper(1e-2, 0.0, 6, 8, "constant", False, True, 2),
+        Hyper(2e-3, 1e-3, 9, 8, "constant", False, False, 3),
+    ]
+    params = arch.init(len(hypers), 5, gen)
+    classes = torch.stack([torch.randperm(100, generator=gen)[:5] for _ in hypers])
+    task = _RecordingTask(pool, classes)
+    images: list[torch.Tensor] = []
+
+    def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        images.append(x)
+        return arch.forward(p, x)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spin-waits on shared cores
+    try:
+        out = train_batched(params, forward, task, hypers, gen)
+    finally:
+        torch.set_num_threads(threads)
+    for j, h in enumerate(hypers):
+        batches = [
+            (x[r : r + 1], y[r : r + 1])
+            for x, (idx, y) in zip(images, task.draws, strict=True)
+            if j in idx
+            for r in [idx.index(j)]
+        ]
+        assert len(batches) == h.steps
+        ref = _torch_adamw(arch, {k: v[j : j + 1] for k, v in params.items()}, h, batches)
+        for k, v in ref.items():
+            assert (out[k][j] - v[0]).abs().max() < 1e-6, (j, k)
+            assert not torch.equal(out[k][j], params[k][j]), (j, k)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vit", "cnn", "lora"])
+def test_bench_baseline_modules_compute_the_zoo_forward(kind: str) -> None:
+    """`probex bench zoo` times torch.nn modules that are the same functions as archs.py's."""
+    gen = torch.Generator().manual_seed(0)
+    assert _Setup(kind, 2, 2, gen).check_module(gen) < 1e-4
 
 
 def _files(zoo: Path) -> dict[str, bytes]:
