@@ -7,6 +7,7 @@ Every metric returns a float in [0, 1] (NaN when it is undefined, e.g. no class 
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.distance import cdist
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -114,7 +115,7 @@ def one_class_auc(
     Mahalanobis distance under a Ledoit-Wolf covariance), AUC of anomalies vs normals."""
     normal_emb, test_emb = np.asarray(normal_emb, float), np.asarray(test_emb, float)
     if method == "knn":
-        d = np.linalg.norm(test_emb[:, None, :] - normal_emb[None, :, :], axis=2)
+        d = cdist(test_emb, normal_emb)  # (N_test, N_normal), without an (N, M, dim) temporary
         score = np.sort(d, axis=1)[:, : min(k, len(normal_emb))].mean(axis=1)
     elif method == "mahalanobis":
         lw = LedoitWolf().fit(normal_emb)

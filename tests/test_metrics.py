@@ -85,3 +85,29 @@ def test_retrieval() -> None:
     multi = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1], [0, 1, 1]])
     assert retrieval(emb, multi, k=1)["precision_at_k"] == 1.0
     assert retrieval(emb, multi, k=3, min_jaccard=0.3)["precision_at_k"] == 1.0
+
+
+def _embedded(n: int, informative: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Models with 3 of 8 classes; embeddings = their multi-hot labels plus noise, or noise."""
+    rng = np.random.default_rng(seed)
+    Y = np.zeros((n, 8))
+    for row in Y:
+        row[rng.choice(8, 3, replace=False)] = 1.0
+    noise = rng.normal(size=(n, 16))
+    return (np.hstack([4 * Y, np.zeros((n, 8))]) + noise if informative else noise), Y
+
+
+@pytest.mark.parametrize("informative", [True, False])
+def test_representation_scores_separate_signal_from_noise(informative: bool) -> None:
+    from probex_core.pipeline.evaluate import representation_scores
+
+    E_tr, Y_tr = _embedded(200, informative, seed=0)
+    E_te, Y_te = _embedded(80, informative, seed=1)
+    chance = per_class_accuracy(Y_te, np.zeros_like(Y_te))  # majority guess: "no class"
+    scores = {m: (v, c) for m, v, c in representation_scores(E_tr, Y_tr, E_te, Y_te, chance)}
+    assert set(scores) == {"knn_per_class_accuracy", "one_class_auc", "retrieval_precision_at_5"}
+    for metric, (value, ch) in scores.items():
+        if informative:
+            assert value > ch + 0.1, metric
+        else:
+            assert abs(value - ch) < 0.1, metric
