@@ -27,6 +27,10 @@ class ExpertTraining(dg.Config):
     val_every: int = Field(
         default=pipeline.ExpertSettings.val_every, description="validate every N epochs"
     )
+    patience: int | None = Field(
+        default=pipeline.ExpertSettings.patience,
+        description="stop after this many validations without a gain (null: never)",
+    )
     seed: int = Field(default=0, description="seed for splits and training")
 
     def settings(self) -> pipeline.ExpertSettings:
@@ -34,6 +38,7 @@ class ExpertTraining(dg.Config):
             epochs=self.epochs,
             sweep_epochs=self.sweep_epochs,
             val_every=self.val_every,
+            patience=self.patience,
             encoder=self.encoder,
             seed=self.seed,
         )

@@ -15,9 +15,9 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "1",
     "model_trees": "1",
     "tree_layers": "1",
-    "tree_experts": "1",
+    "tree_experts": "2",
     "model_predictions": "1",
-    "evaluations": "1",
+    "evaluations": "2",
 }
 
 
@@ -38,6 +38,8 @@ class ExpertSettings:
     epochs: int = 300  # epochs for each final expert (paper: 500 classify / 200 zero-shot)
     sweep_epochs: int = 60  # cheap training per candidate layer in the layer sweep
     val_every: int = 10  # validate every this many epochs; the best checkpoint is kept
+    # stop an expert after this many validations without a gain (None: run every epoch)
+    patience: int | None = 8
     encoder: str = "minilm"  # text encoder spec for the zero-shot expert
     seed: int = 0  # seeds the train/val split and every model
     val_fraction: float = 0.2  # share of documented models held out for validation

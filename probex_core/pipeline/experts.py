@@ -129,6 +129,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     sweep_cfg = TrainConfig(
         epochs=settings.sweep_epochs,
         val_every=settings.val_every,
+        patience=settings.patience,
         seed=settings.seed,
         objective=objective,
     )
@@ -147,6 +148,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     cfg = TrainConfig(
         epochs=settings.epochs,
         val_every=settings.val_every,
+        patience=settings.patience,
         seed=settings.seed,
         objective=objective,
     )
@@ -234,6 +236,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     zs_cfg = TrainConfig(
         epochs=settings.epochs,
         val_every=settings.val_every,
+        patience=settings.patience,
         seed=settings.seed,
         objective="zeroshot",
     )
