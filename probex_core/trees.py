@@ -36,6 +36,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from probex_core.canon import find_layers
+from probex_core.catalog import load_sql
 
 _HEAD_NAME = re.compile(
     r"(^|\.)(head|heads|classifier|lm_head|score|logits|fc_out|output_layer)(\.|$)|^fc$"
@@ -895,28 +896,6 @@ def score_recovery(recovery: TreeRecovery, truth: Mapping[str, TruthEntry]) -> d
 
 # ---- hub-scale metadata trees ------------------------------------------------------------------
 
-# Roots: repos with no declared base, or whose base is not in the table (an external base).
-# Cycles are never reached from a root (one base per repo), so the recursion terminates; their
-# members come back with a NULL root.
-DECLARED_TREES_SQL = """
-WITH RECURSIVE edges AS (
-    SELECT repo_id, base_model FROM {table}
-),
-walk(repo_id, root, depth) AS (
-    SELECT e.repo_id, e.repo_id, 0
-    FROM edges e
-    WHERE e.base_model IS NULL
-       OR e.base_model = e.repo_id
-       OR NOT EXISTS (SELECT 1 FROM edges b WHERE b.repo_id = e.base_model)
-    UNION ALL
-    SELECT c.repo_id, w.root, w.depth + 1
-    FROM edges c JOIN walk w ON c.base_model = w.repo_id
-    WHERE c.base_model <> c.repo_id
-)
-SELECT e.repo_id, w.root, w.depth
-FROM edges e LEFT JOIN walk w USING (repo_id)
-"""
-
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -930,7 +909,7 @@ def trees_from_declared_edges_sql(con, table: str, out_table: str | None = None)
     for name in (table, out_table):
         if name is not None and not _IDENT.match(name):
             raise ValueError(f"not a plain table name: {name!r}")
-    sql = DECLARED_TREES_SQL.format(table=table)
+    sql = load_sql("declared_trees").format(table=table)
     if out_table is not None:
         con.execute(f"CREATE OR REPLACE TABLE {out_table} AS {sql}")
         return None
@@ -960,7 +939,6 @@ def trees_from_declared_edges_networkx(
 
 
 __all__ = [
-    "DECLARED_TREES_SQL",
     "Disagreement",
     "ModelAssignment",
     "TreeConfig",
