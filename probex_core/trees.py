@@ -68,8 +68,8 @@ class TreeConfig:
     min_direction_votes: int = 3  # declared in-tree edges needed before they vote or choose
     # candidate numbers of shared drift directions removed before measuring edges
     drift_ranks: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8)
-    # declared edges may pick the root among this many most central models and this many − 1
-    # of either kurtosis extreme
+    # declared edges may pick the root among this many most central models, and this many − 1
+    # of either kurtosis extreme and of the bases cards name most (that name no base)
     root_candidates: int = 3
     min_gap_ratio: float = 2.5  # a merge-height jump at least this large separates trees
     min_split_distance: float = 0.5  # relative distance below which models are never split
@@ -429,28 +429,35 @@ def tree_structure(
     cannot pick it. The direction is voted by declared edges or read from the root's side of
     the kurtosis distribution. The structure settings (drift rank k, λ, sibling lift) are
     chosen, with the medoid as root, by how many declared in-tree edges they reproduce; then
-    other plausible roots are tried with those settings: the next most central models and
-    the kurtosis extremes (in a narrow deep tree a level-1 model can be the medoid, while
-    MoTHer's kurtosis cue still marks the root). Ties keep the earlier choice (medoid,
-    smaller k, λ = 0, no lift). Lying cards are a small minority, so they do
+    other plausible roots are tried with those settings: the next most central models, the
+    kurtosis extremes (in a narrow deep tree a level-1 model can be the medoid, while
+    MoTHer's kurtosis cue still marks the root) and the bases that cards name most; if a
+    new root wins, the settings are chosen again around it. Ties keep the earlier choice
+    (medoid, smaller k, λ = 0, no lift). Lying cards are a small minority, so they do
     not steer the choice. Without enough declared edges MoTHer's plain rule decides (no drift
     removed, the root whose kurtosis-penalised arborescence is cheapest).
     """
     n = len(records)
     if n == 1:
         return np.array([-1]), TreeStructure(config.kurtosis_direction, 0, 0.0, False, 0, np.nan)
-    m = config.root_candidates
-    by_kurt = np.argsort(kurt, kind="stable")
-    candidates = [int(i) for i in np.argsort(d.sum(axis=1), kind="stable")[:m]]
-    for i in [*by_kurt[: m - 1], *by_kurt[::-1][: m - 1]]:  # MoTHer's cue: the extremes
-        if int(i) not in candidates:
-            candidates.append(int(i))
     pos = {r.repo_id: i for i, r in enumerate(records)}
     declared = [
         (i, pos[r.declared_base])
         for i, r in enumerate(records)
         if r.declared_base in pos and r.declared_base != r.repo_id
     ]
+    m = config.root_candidates
+    by_kurt = np.argsort(kurt, kind="stable")
+    has_base = {c for c, _ in declared}
+    named = Counter(p for _, p in declared if p not in has_base)  # cards point up to these
+    candidates = [int(i) for i in np.argsort(d.sum(axis=1), kind="stable")[:m]]
+    for i in [
+        *by_kurt[: m - 1],  # MoTHer's cue: the kurtosis extremes
+        *by_kurt[::-1][: m - 1],
+        *(p for p, _ in named.most_common(m - 1)),  # most-named bases that name no base
+    ]:
+        if int(i) not in candidates:
+            candidates.append(int(i))
     grams = layer_grams(records, sorted(records[0].layers))
     ranks = sorted({k for k in config.drift_ranks if k < n - 1} | {0})
 
@@ -505,6 +512,15 @@ def tree_structure(
         trial = solve(other, s.drift_rank, dist, s.lam, s.lift)
         ranked.append((trial[0], -mother_cost(trial[1], trial[2].direction), -j, trial))
     best = max(ranked, key=lambda t: t[:3])[3]
+    root = int(np.flatnonzero(best[1] < 0)[0])
+    if root != candidates[0]:  # a new root: choose the settings again around it
+        dists = drift_removed_distances(grams, root, ranks)
+        for k in ranks:
+            for lam in (0.0, config.direction_lambda):
+                for lift in (False, True):
+                    trial = solve(root, k, dists[k], lam, lift)
+                    if trial[0] > best[0]:
+                        best = trial
     return best[1], best[2]
 
 
