@@ -345,7 +345,7 @@ def build_model(
             model.zero_shot = ZeroShotHead(
                 text_dim,
                 model.r_T,
-                float(head.log_scale.exp()),
+                float(head.log_scale.detach().exp()),
                 head.log_scale.requires_grad,
                 direction,
             )
