@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from probex_core.train import TrainConfig
+
 # Bump a step's version when its output for the same input changes: every partition of that
 # asset (and what depends on it) becomes stale.
 CODE_VERSIONS: dict[str, str] = {
@@ -49,6 +51,16 @@ class ExpertSettings:
     r_U: int = 128  # ProbeX probes (paper 128)
     r_V: int = 128  # ProbeX shared projection width (paper 128)
     r_T: int = 128  # representation width (paper 512; its scripts use 128)
+
+    def train_config(self, objective: str, sweep: bool = False) -> TrainConfig:
+        """How one expert (or, with `sweep`, one candidate layer of the sweep) is trained."""
+        return TrainConfig(
+            epochs=self.sweep_epochs if sweep else self.epochs,
+            val_every=self.val_every,
+            patience=self.patience,
+            seed=self.seed,
+            objective=objective,
+        )
 
 
 def digest(*parts: object) -> str:

@@ -24,7 +24,6 @@ from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import CachedTextEncoder, EmbeddingCache, class_prompts, get_text_encoder
 from probex_core.train import (
     TensorData,
-    TrainConfig,
     layer_sweep,
     load_expert,
     open_layer_stack,
@@ -126,32 +125,16 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
     single_label = bool((Y.sum(1) == 1).all())
     objective = "single" if single_label else "classify"
-    sweep_cfg = TrainConfig(
-        epochs=settings.sweep_epochs,
-        val_every=settings.val_every,
-        patience=settings.patience,
-        seed=settings.seed,
-        objective=objective,
-    )
     t0 = time.perf_counter()
+    splits = {n: (data(n, tr), data(n, va)) for n in index["layers"]}
     sweep = layer_sweep(
-        {n: (data(n, tr), data(n, va)) for n in index["layers"]},
-        "probex",
-        sweep_cfg,
-        seed=settings.seed,
-        **hp,
+        splits, "probex", settings.train_config(objective, sweep=True), seed=settings.seed, **hp
     )
     layer = sweep.best_layer
-    train_d, val_d = data(layer, tr), data(layer, va)
+    train_d, val_d = splits[layer]
     d_H, d_W = train_d.shape
     chance = majority_chance(train_d.Y, val_d.Y)
-    cfg = TrainConfig(
-        epochs=settings.epochs,
-        val_every=settings.val_every,
-        patience=settings.patience,
-        seed=settings.seed,
-        objective=objective,
-    )
+    cfg = settings.train_config(objective)
     out = home.expert_dir(tree_id)
     out.mkdir(parents=True, exist_ok=True)
     version = index["version"]
@@ -233,13 +216,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
         zs_direction="weight_to_text",
         **hp,
     )
-    zs_cfg = TrainConfig(
-        epochs=settings.epochs,
-        val_every=settings.val_every,
-        patience=settings.patience,
-        seed=settings.seed,
-        objective="zeroshot",
-    )
+    zs_cfg = settings.train_config("zeroshot")
     zres = train_expert(zs, train_d, val_d, zs_cfg, text_embeddings=texts, class_names=classes)
     path = out / "zeroshot.safetensors"
     save_expert(
