@@ -61,7 +61,9 @@ class Dataset(Protocol):
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(X, Y) batches; a batch's X may be overwritten when the next one is drawn."""
+        ...
 
     def head(self, n: int) -> torch.Tensor: ...
 
@@ -72,6 +74,7 @@ class TensorData:
 
     X: torch.Tensor
     Y: torch.Tensor
+    _buffer: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.X = self.X.float()
@@ -89,12 +92,24 @@ class TensorData:
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled batches when a generator is given, in order otherwise."""
+        """Shuffled batches when a generator is given, in order (views of X) otherwise.
+
+        A shuffled batch's X is gathered into one buffer kept between calls and is valid only
+        until the next batch is drawn: a fresh (B, d_H, d_W) allocation per step page-faults
+        its memory in anew, which cost ~8x the copy itself for 768×768 layers."""
         n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else None
+        if generator is None:
+            for s in range(0, n, batch_size):
+                yield self.X[s : s + batch_size], self.Y[s : s + batch_size]
+            return
+        order = torch.randperm(n, generator=generator)
+        size = min(batch_size, n)
+        if self._buffer is None or self._buffer.shape[0] < size:
+            self._buffer = torch.empty(size, *self.X.shape[1:], dtype=self.X.dtype)
         for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size] if order is not None else slice(s, s + batch_size)
-            yield self.X[idx], self.Y[idx]
+            idx = order[s : s + batch_size]
+            X = torch.index_select(self.X, 0, idx, out=self._buffer[: len(idx)])
+            yield X, self.Y[idx]
 
     def head(self, n: int) -> torch.Tensor:
         return self.X[:n]
@@ -327,7 +342,11 @@ def train_expert(
     if hasattr(model, "fit_stats"):
         model.fit_stats(train.head(2048))
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.step_size, weight_decay=cfg.weight_decay)
+    # The fused kernel: one pass over each parameter; for Dense's 59M weights the default
+    # for-loop Adam took 0.69 s of a 1.6 s step, the fused one 0.05 s.
+    opt = torch.optim.Adam(
+        model.parameters(), lr=cfg.step_size, weight_decay=cfg.weight_decay, fused=True
+    )
 
     model.eval()
     best_metric, best_epoch = _validate(model, val, cfg, texts), 0
