@@ -8,8 +8,10 @@ import torch
 from probex_core.models import (
     MODEL_KINDS,
     N_STATS,
+    QUANTILE_SAMPLE,
     build_model,
     count_parameters,
+    probe_responses,
     weight_statistics,
 )
 
@@ -100,6 +102,32 @@ def test_weight_statistics_by_hand() -> None:
     assert f[0, 1] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item())
     assert f[0, 2] == pytest.approx(1.0) and f[0, 8] == pytest.approx(4.0)  # min, max
     assert f[0, 5] == pytest.approx(2.5)  # median
+
+
+def test_weight_statistics_of_a_large_layer_match_exact_ones() -> None:
+    """Above QUANTILE_SAMPLE entries the inner quantiles come from a fixed sample; moments,
+    extremes and norms stay exact."""
+    X = torch.randn(3, 300, 400, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.2
+    assert X[0].numel() > QUANTILE_SAMPLE
+    flat = X.flatten(1).double()
+    f = weight_statistics(X).double()
+    z = (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True)
+    q = torch.quantile(flat, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]).double(), dim=1).T
+    assert torch.allclose(f[:, 0], flat.mean(1), atol=1e-6)
+    assert torch.allclose(f[:, 1], flat.std(1), rtol=1e-4)
+    assert torch.allclose(f[:, 2], flat.amin(1)) and torch.allclose(f[:, 8], flat.amax(1))
+    assert torch.allclose(f[:, 3:8], q, atol=0.04 * 0.1)  # standard error ~1 % of a std
+    assert torch.allclose(f[:, 9], (z**3).mean(1), atol=0.01)  # skew
+    assert torch.allclose(f[:, 10], (z**4).mean(1), rtol=0.01)  # kurtosis
+    assert torch.equal(weight_statistics(X), weight_statistics(X))  # the sample is fixed
+
+
+@pytest.mark.parametrize("r", [2, 16])
+def test_probe_responses_gradients(r: int) -> None:
+    X = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    U = torch.randn(7, r, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(probe_responses(X, U), X @ U)
+    assert torch.autograd.gradcheck(probe_responses, (X, U))
 
 
 def test_weight_to_text_head_embeds_models_in_the_text_space():
