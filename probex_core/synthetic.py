@@ -31,6 +31,13 @@ class SyntheticConfig:
     signal: float = 1.0  # size of each class direction
     noise: float = 0.5  # per-model noise, relative to a class direction
     amplitude_jitter: float = 0.5  # a_c ~ U[1 - j, 1 + j]
+    # Share of each class update's output side that is private to the model (0 = none). A
+    # fine-tune that starts from a fresh head moves its backbone along that head's random rows,
+    # so the update for class c is (shared A_c + a model's own random H) times c's input
+    # directions: D = (√(1-p) A_c + √p H) B_cᵀ. With p > 0 every class has its own input
+    # directions B_c (else the private parts of all classes would overlap), and the class
+    # signal is partly second-order: no linear function of X sees the private part.
+    private_variance: float = 0.0
 
 
 @dataclass
@@ -78,9 +85,32 @@ def make_tree(
     j = cfg.amplitude_jitter
     amp = Y * (1 - j + 2 * j * torch.rand(cfg.n_models, C, generator=g))  # (N, C)
     noise = cfg.noise * unit * torch.randn(cfg.n_models, d_H, d_W, generator=g)
-    X = W0 + torch.einsum("nc,chw->nhw", amp, D) + noise
+    p = cfg.private_variance
+    if p == 0:
+        X = W0 + torch.einsum("nc,chw->nhw", amp, D) + noise
+    else:
+        X = W0 + _private_updates(cfg, A, amp, p, g) + noise
     names = [f"class_{c:03d}" for c in range(C)]
     return SyntheticTree(X=X.float(), Y=Y, texts=texts.float(), class_names=names, W0=W0)
+
+
+def _private_updates(
+    cfg: SyntheticConfig, A: torch.Tensor, amp: torch.Tensor, p: float, g: torch.Generator
+) -> torch.Tensor:
+    """Σ_c a_c (√(1-p) A_c + √p H_c) B_cᵀ per model, with per-class input directions B_c
+    (d_W × k, jointly orthonormal while C·k ≤ d_W) and H_c drawn per model, of A_c's size."""
+    d_H, d_W, C, k = cfg.d_H, cfg.d_W, cfg.n_classes, cfg.rank
+    q = torch.randn(d_W, C * k, generator=g)
+    Bc = (torch.linalg.qr(q)[0] if C * k <= d_W else q / math.sqrt(d_W)).T.reshape(C, k, d_W)
+    scale = cfg.signal * math.sqrt(d_W / k) / math.sqrt(d_W)
+    a_rms = A.pow(2).mean().sqrt()
+    out = torch.empty(len(amp), d_H, d_W)
+    for i, a in enumerate(amp):
+        cs = torch.nonzero(a).flatten()
+        H = a_rms * torch.randn(len(cs), d_H, k, generator=g)
+        coef = a[cs, None, None] * (math.sqrt(1 - p) * A[cs] + math.sqrt(p) * H)  # (n, d_H, k)
+        out[i] = scale * torch.einsum("nhk,nkw->hw", coef, Bc[cs])
+    return out
 
 
 def make_trees(

@@ -197,3 +197,25 @@ def test_single_label_objective_learns_one_class_per_model():
     res = train_expert(model, (X[:80], Y[:80]), (X[80:], Y[80:]), cfg)
     assert res.metric_name == "top1"
     assert res.best_metric >= 0.9
+
+
+def test_private_class_updates_hide_the_linear_signal_not_the_second_order_one() -> None:
+    """private_variance = 1: a class moves each model along the class's input directions but
+    with the model's own output vectors, so class-conditional means no longer differ (nothing
+    for a linear probe) while the class-conditional Gram matrices still do."""
+
+    def gaps(p: float) -> tuple[float, float]:
+        cfg = SyntheticConfig(
+            d_H=24, d_W=32, n_classes=6, n_models=600, classes_per_model=3, private_variance=p
+        )
+        tree = make_tree(cfg, seed=3)
+        D = tree.X - tree.W0
+        pos, neg = tree.Y[:, 0] == 1, tree.Y[:, 0] == 0
+        mean_gap = (D[pos].mean(0) - D[neg].mean(0)).norm() / D.norm(dim=(1, 2)).mean()
+        gram = torch.einsum("nhw,nhv->nwv", D, D)
+        gram_gap = (gram[pos].mean(0) - gram[neg].mean(0)).norm() / gram.norm(dim=(1, 2)).mean()
+        return mean_gap.item(), gram_gap.item()
+
+    shared, private = gaps(0.0), gaps(1.0)
+    assert private[0] < 0.25 * shared[0]
+    assert private[1] > 0.5 * shared[1]
