@@ -11,6 +11,13 @@ re-reads weights. Three routes to the same ranking:
 - SQL: `SEARCH_MODELS_SQL` over the catalog's `embeddings` view, so the ranking is reachable
   from DuckDB without Python.
 
+Calibration. Each tree's zero-shot expert scores texts on its own scale, and one tree's
+embeddings can sit closer to every text than another's (on the default zoo the LoRA tree won
+every query by raw cosine). So each model carries a scale s (its expert's logit scale) and an
+offset o (the log-sum-exp of s · cosine over the texts of the classes its tree was trained
+on); a model's score for a text is s · cosine − o, the log-odds its expert gives that text
+against what it knows. Without calibration values the score is the plain cosine.
+
 Indexes save to one safetensors file (vectors and list layout) whose metadata holds the repo
 ids, tree ids and documented flags as JSON strings.
 """
@@ -40,7 +47,7 @@ class SearchHit(NamedTuple):
 
     repo_id: str
     tree_id: str | None
-    score: float  # cosine similarity between the text vector and the model's embedding
+    score: float  # scale · cosine − offset (plain cosine when built without calibration)
     documented: bool | None  # None when the index was built without documented flags
 
 
@@ -80,6 +87,8 @@ class SearchIndex:
         repo_ids: Sequence[str],
         tree_ids: Sequence[str | None] | None = None,
         documented: Sequence[bool] | None = None,
+        scales: Sequence[float] | np.ndarray | None = None,
+        offsets: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         emb = _normalise_rows(_as_matrix(embeddings))
         n = emb.shape[0]
@@ -91,6 +100,7 @@ class SearchIndex:
             raise ValueError("embeddings, repo_ids, tree_ids and documented differ in length")
         if len(set(repo_ids)) != n:
             raise ValueError("repo_ids must be unique")
+        calib = _calibration(scales, offsets, n)
         tree_key = np.array(["" if t is None else str(t) for t in trees])
         order = np.argsort(tree_key, kind="stable") if n else np.zeros(0, dtype=np.int64)
         self._set(
@@ -98,6 +108,7 @@ class SearchIndex:
             [repo_ids[i] for i in order],
             [trees[i] for i in order],
             None if docs is None else [bool(docs[i]) for i in order],
+            calib[:, order],
         )
 
     def _set(
@@ -106,9 +117,13 @@ class SearchIndex:
         repo_ids: list[str],
         tree_ids: list[str | None],
         documented: list[bool] | None,
+        calib: np.ndarray | None = None,
     ) -> None:
         """Adopt arrays already in stored order (also the load path: no re-sorting)."""
         self._emb = np.ascontiguousarray(emb, dtype=np.float32)
+        # (2, N): per-row scale and offset of the score, scale · cosine − offset
+        calib = _calibration(None, None, len(emb)) if calib is None else calib
+        self._calib = np.ascontiguousarray(calib, dtype=np.float32)  # safetensors needs C order
         self.repo_ids = repo_ids
         self.tree_ids = tree_ids
         self.documented = documented
@@ -145,17 +160,22 @@ class SearchIndex:
             for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
+    def _scores(self, q: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+        """Calibrated scores of `rows` (a slice or positions) against the unit query q."""
+        scale, offset = self._calib[0, rows], self._calib[1, rows]
+        return scale * (self._emb[rows] @ q) - offset
+
     def _exact_rows(self, q: np.ndarray, rows: np.ndarray | None, k: int) -> list[SearchHit]:
         if rows is None:
-            scores = self._emb @ q
+            scores = self._scores(q, slice(None))
             top = _top_k(scores, k)
             return self._hits(top, scores[top])
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if hi - lo == rows.size:  # contiguous: slice, no copy
-            scores = self._emb[lo:hi] @ q
+            scores = self._scores(q, slice(lo, hi))
             top = _top_k(scores, k)
             return self._hits(top + lo, scores[top])
-        scores = self._emb[rows] @ q
+        scores = self._scores(q, rows)
         top = _top_k(scores, k)
         return self._hits(rows[top], scores[top])
 
@@ -170,7 +190,7 @@ class SearchIndex:
         return [] if rows is None else self._exact_rows(q, rows, k)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"embeddings": self._emb}
+        return {"embeddings": self._emb, "calibration": self._calib}
 
     def _params(self) -> dict[str, Any]:
         return {}
@@ -207,6 +227,8 @@ class IVFIndex(SearchIndex):
         repo_ids: Sequence[str],
         tree_ids: Sequence[str | None] | None = None,
         documented: Sequence[bool] | None = None,
+        scales: Sequence[float] | np.ndarray | None = None,
+        offsets: Sequence[float] | np.ndarray | None = None,
         *,
         n_lists: int | None = None,  # default ≈ √N
         n_probe: int | None = None,  # default: a tenth of the lists, at least 8
@@ -214,7 +236,7 @@ class IVFIndex(SearchIndex):
         train_size: int = 64 * 1024,  # k-means is fitted on at most this many rows
         seed: int = 0,
     ) -> None:
-        super().__init__(embeddings, repo_ids, tree_ids, documented)
+        super().__init__(embeddings, repo_ids, tree_ids, documented, scales, offsets)
         n = len(self)
         n_lists = max(1, min(n, n_lists or round(math.sqrt(n))))
         rng = np.random.default_rng(seed)
@@ -228,6 +250,7 @@ class IVFIndex(SearchIndex):
             [self.repo_ids[i] for i in order],
             [self.tree_ids[i] for i in order],
             None if self.documented is None else [self.documented[i] for i in order],
+            self._calib[:, order],
             centroids,
             offsets,
             n_probe or max(8, math.ceil(n_lists / 10)),
@@ -239,11 +262,12 @@ class IVFIndex(SearchIndex):
         repo_ids: list[str],
         tree_ids: list[str | None],
         documented: list[bool] | None,
+        calib: np.ndarray,
         centroids: np.ndarray,
         offsets: np.ndarray,
         n_probe: int,
     ) -> None:
-        self._set(emb, repo_ids, tree_ids, documented)
+        self._set(emb, repo_ids, tree_ids, documented, calib)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.offsets = offsets.astype(np.int64)
         self.n_probe = n_probe
@@ -263,7 +287,7 @@ class IVFIndex(SearchIndex):
             lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
             if hi > lo:
                 rows.append(np.arange(lo, hi))
-                scores.append(self._emb[lo:hi] @ q)
+                scores.append(self._scores(q, slice(lo, hi)))
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         return np.concatenate(rows), np.concatenate(scores)
@@ -295,10 +319,31 @@ class IVFIndex(SearchIndex):
         return self._hits(rows[top], scores[top])
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"embeddings": self._emb, "centroids": self.centroids, "offsets": self.offsets}
+        return {
+            "embeddings": self._emb,
+            "calibration": self._calib,
+            "centroids": self.centroids,
+            "offsets": self.offsets,
+        }
 
     def _params(self) -> dict[str, Any]:
         return {"n_probe": self.n_probe}
+
+
+def _calibration(
+    scales: Sequence[float] | np.ndarray | None,
+    offsets: Sequence[float] | np.ndarray | None,
+    n: int,
+) -> np.ndarray:
+    """(2, n) float32: per-row score scale (default 1) and offset (default 0)."""
+    out = np.stack([np.ones(n, np.float32), np.zeros(n, np.float32)])
+    for i, v in enumerate((scales, offsets)):
+        if v is not None:
+            v = np.asarray(v, dtype=np.float32).reshape(-1)
+            if v.shape[0] != n:
+                raise ValueError(f"{v.shape[0]} calibration values for {n} embeddings")
+            out[i] = v
+    return out
 
 
 def spherical_kmeans(x: np.ndarray, n: int, n_iter: int = 10, seed: int = 0) -> np.ndarray:
@@ -347,7 +392,7 @@ def load_index(path: str | Path) -> SearchIndex:
     kind = meta.get("kind")
     if kind == SearchIndex.kind:
         index = SearchIndex.__new__(SearchIndex)
-        index._set(arrays["embeddings"], repo_ids, tree_ids, documented)
+        index._set(arrays["embeddings"], repo_ids, tree_ids, documented, arrays["calibration"])
         return index
     if kind == IVFIndex.kind:
         ivf = IVFIndex.__new__(IVFIndex)
@@ -356,6 +401,7 @@ def load_index(path: str | Path) -> SearchIndex:
             repo_ids,
             tree_ids,
             documented,
+            arrays["calibration"],
             arrays["centroids"],
             arrays["offsets"],
             int(params["n_probe"]),
@@ -399,4 +445,4 @@ def search_models_duckdb(
     """Run `SEARCH_MODELS_SQL` on a DuckDB connection that has an `embeddings` view."""
     q = _as_matrix(text_vec).reshape(-1).tolist()
     rows = con.execute(SEARCH_MODELS_SQL, [q, encoder, tree, tree, k]).fetchall()
-    return [SearchHit(r, t, float(s), None if d is None else bool(d)) for r, t, s, d in rows]
+    return [SearchHit(r, t, float(s), None if d is None else bool(d)) for r, t, s, _, d in rows]

@@ -1,8 +1,13 @@
--- Models ranked by cosine similarity between a text embedding and each model's embedding in
--- the weight-language space. Parameters: text vector, encoder name (vectors of different
--- encoders are never compared), tree filter (or NULL) twice, k.
-SELECT repo_id, tree_id, list_cosine_similarity(embedding, ?::FLOAT[]) AS score, documented
-FROM embeddings
-WHERE encoder = ? AND (?::VARCHAR IS NULL OR tree_id = ?)
+-- Models ranked for a text: score = logit_scale · cosine − vocab_lse, the log-odds the
+-- model's zero-shot expert gives the text against its tree's known class texts (see
+-- probex_core/search.py, "Calibration"); the plain cosine is returned beside it.
+-- Parameters, in order: the text vector, the encoder name (vectors of different encoders are
+-- never compared), the tree filter (or NULL) twice, k.
+SELECT repo_id, tree_id, logit_scale * cosine - vocab_lse AS score, cosine, documented
+FROM (
+    SELECT *, list_cosine_similarity(embedding, ?::FLOAT[]) AS cosine
+    FROM embeddings
+    WHERE encoder = ? AND (?::VARCHAR IS NULL OR tree_id = ?)
+)
 ORDER BY score DESC, repo_id
 LIMIT ?

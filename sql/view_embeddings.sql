@@ -1,5 +1,6 @@
--- Every routed model's embedding in the shared weight-language (text) space.
+-- Every routed model's embedding in the shared weight-language (text) space, with the
+-- calibration its search score uses (logit_scale · cosine − vocab_lse).
 CREATE OR REPLACE VIEW embeddings AS
-SELECT e.repo_id, e.tree_id, e.encoder, e.embedding, r.documented
+SELECT e.repo_id, e.tree_id, e.encoder, e.embedding, e.logit_scale, e.vocab_lse, r.documented
 FROM raw_model_embeddings e
 LEFT JOIN raw_repos r USING (repo_id);

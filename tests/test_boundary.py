@@ -20,7 +20,9 @@ def _imported_modules(path: Path) -> set[str]:
 def test_core_never_imports_dagster():
     files = sorted(CORE.rglob("*.py"))
     assert files, "probex_core has no modules"
-    offenders = [str(f) for f in files if {"dagster", "assets", "orchestration"} & _imported_modules(f)]
+    offenders = [
+        str(f) for f in files if {"dagster", "assets", "orchestration"} & _imported_modules(f)
+    ]
     assert offenders == []
 
 

@@ -38,7 +38,10 @@ def test_find_layers_groups_peft_and_diffusers_pairs():
     }
     layers = find_layers(shapes)
     assert layers["fc1"] == LayerSpec(
-        "fc1", "lora", ("base_model.model.fc1.lora_A.weight", "base_model.model.fc1.lora_B.weight"), (128, 768)
+        "fc1",
+        "lora",
+        ("base_model.model.fc1.lora_A.weight", "base_model.model.fc1.lora_B.weight"),
+        (128, 768),
     )
     assert layers["unet.down.0.attn.to_q"].shape == (320, 320)
     assert layers["conv"].kind == "conv" and layers["conv"].shape == (8, 27)

@@ -21,8 +21,15 @@ def test_parts_union_into_views_and_catalog_opens_read_only(tmp_path):
             home,
             "tree_summary",
             pd.DataFrame(
-                {"tree_id": [tree], "root_repo": [f"org/{tree}"], "kind": ["full"], "signature": ["s"],
-                 "size": [3], "n_documented": [2], "fingerprint": ["f"]}
+                {
+                    "tree_id": [tree],
+                    "root_repo": [f"org/{tree}"],
+                    "kind": ["full"],
+                    "signature": ["s"],
+                    "size": [3],
+                    "n_documented": [2],
+                    "fingerprint": ["f"],
+                }
             ),
             part=tree,
         )

@@ -81,6 +81,23 @@ def test_experts_beat_chance_on_undocumented_models(built):
     assert big.value > big.chance + 0.05, df
 
 
+def test_search_ranks_by_calibrated_score_from_sql(built):
+    """`probex search`'s ranking: logit_scale · cosine − vocab_lse, best first, every tree's
+    models eligible, no weight re-read (the catalog alone answers)."""
+    from probex_core.pipeline.query import search_catalog
+
+    home, _ = built
+    hits = search_catalog(home, "red star", k=1000)
+    emb = query(home, "SELECT repo_id, logit_scale, vocab_lse FROM embeddings").set_index("repo_id")
+    assert len(hits) == len(emb)
+    assert hits.tree_id.nunique() >= 2
+    assert hits.score.is_monotonic_decreasing
+    cal = emb.loc[hits.repo_id]
+    expect = cal.logit_scale.to_numpy() * hits.cosine.to_numpy() - cal.vocab_lse.to_numpy()
+    assert abs(expect - hits.score.to_numpy()).max() < 1e-4
+    assert (cal.logit_scale > 0).all() and cal.vocab_lse.notna().all()
+
+
 def test_readme_queries_answer(built):
     home, _ = built
     readme = (ROOT / "README.md").read_text()

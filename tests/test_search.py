@@ -137,20 +137,26 @@ def test_save_load_round_trip(tmp_path, data, cls):
 def test_sql_ranking_matches_numpy(data):
     x, _, repo_ids, trees, documented = data
     x, repo_ids, trees, documented = x[:300], repo_ids[:300], trees[:300], documented[:300]
+    rng = np.random.default_rng(5)
+    scales = rng.uniform(5, 15, len(x)).astype(np.float32)
+    offsets = rng.uniform(0, 3, len(x)).astype(np.float32)
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE embeddings (repo_id VARCHAR, tree_id VARCHAR, encoder VARCHAR,"
-        " embedding FLOAT[], documented BOOLEAN)"
+        " embedding FLOAT[], logit_scale DOUBLE, vocab_lse DOUBLE, documented BOOLEAN)"
     )
     rows = [
-        (r, t, "enc-a", v.tolist(), d)
-        for r, t, v, d in zip(repo_ids, trees, x, documented, strict=True)
+        (r, t, "enc-a", v.tolist(), float(s), float(o), d)
+        for r, t, v, s, o, d in zip(repo_ids, trees, x, scales, offsets, documented, strict=True)
     ]
-    rows.append(("other/enc", "tree0", "enc-b", x[0].tolist(), True))  # another encoder: excluded
-    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
+    rows.append(("other/enc", "tree0", "enc-b", x[0].tolist(), 1.0, 0.0, True))  # excluded
+    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     assert "list_cosine_similarity" in search_models_sql()
 
-    index = SearchIndex(x, repo_ids, trees, documented)
+    index = SearchIndex(x, repo_ids, trees, documented, scales, offsets)
+    plain = SearchIndex(x, repo_ids, trees, documented)
+    q0 = x[5] / np.linalg.norm(x[5])
+    assert plain.search(q0, 1)[0].score == pytest.approx(1.0, abs=1e-5)  # plain cosine
     q = x[5] + np.random.default_rng(4).standard_normal(x.shape[1]).astype(np.float32) * 0.05
     for tree in (None, "tree0"):
         sql_hits = search_models_duckdb(con, q, "enc-a", k=10, tree=tree)
@@ -158,3 +164,22 @@ def test_sql_ranking_matches_numpy(data):
         assert [h.repo_id for h in sql_hits] == [h.repo_id for h in np_hits]
         assert [h.documented for h in sql_hits] == [h.documented for h in np_hits]
         assert np.allclose([h.score for h in sql_hits], [h.score for h in np_hits], atol=1e-5)
+
+
+def test_calibration_reorders_and_round_trips(tmp_path, data):
+    """A model whose expert is confident about everything (a large offset) drops below one
+    that prefers this text to what it knows; the calibration is saved with the index."""
+    x, _, repo_ids, trees, _ = data
+    q = x[0]
+    cos = SearchIndex(x, repo_ids, trees).search(q, 2)
+    first, second = (repo_ids.index(h.repo_id) for h in cos)
+    offsets = np.zeros(len(x), dtype=np.float32)
+    offsets[first] = 5.0
+    index = SearchIndex(x, repo_ids, trees, scales=np.full(len(x), 10.0), offsets=offsets)
+    hits = index.search(q, 2)
+    assert hits[0].repo_id == repo_ids[second]
+    assert hits[0].score == pytest.approx(10 * cos[1].score, rel=1e-5)
+    index.save(tmp_path / "calibrated.safetensors")
+    assert load_index(tmp_path / "calibrated.safetensors").search(q, 2) == hits
+    with pytest.raises(ValueError, match="calibration values"):
+        SearchIndex(x, repo_ids, trees, scales=np.ones(3))

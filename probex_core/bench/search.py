@@ -88,7 +88,8 @@ def _run(quick: bool) -> dict:
     con.register("frame", _frame(repo_ids, trees, x))
     con.execute(
         "CREATE TABLE embeddings AS SELECT repo_id, tree_id, 'bench' AS encoder,"
-        " embedding::FLOAT[] AS embedding, true AS documented FROM frame"
+        " embedding::FLOAT[] AS embedding, 1.0 AS logit_scale, 0.0 AS vocab_lse,"
+        " true AS documented FROM frame"
     )
     con.unregister("frame")
 

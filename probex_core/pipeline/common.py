@@ -17,9 +17,9 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "1",
     "model_trees": "2",
     "tree_layers": "1",
-    "tree_experts": "2",
-    "model_predictions": "1",
-    "evaluations": "2",
+    "tree_experts": "3",
+    "model_predictions": "2",
+    "evaluations": "3",
 }
 
 

@@ -27,7 +27,7 @@ from probex_core.metrics import (
 from probex_core.pipeline.common import StepReport, frame, png
 from probex_core.pipeline.experts import load_meta, majority_chance, text_encoder, tree_labels
 from probex_core.pipeline.layers import load_layer_index
-from probex_core.pipeline.predict import text_space
+from probex_core.pipeline.predict import search_calibration, text_space
 from probex_core.text import class_prompts
 from probex_core.train import load_expert, open_layer_stack, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
@@ -139,7 +139,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             add("ALL", "router", "routing_accuracy", np.mean(ok), None, len(ids), split)
 
     encoder_cache: dict = {}
-    all_emb, all_ids = [], []
+    all_emb, all_ids, all_calib = [], [], []
     for tree_id in sorted(summary.index):
         try:
             meta = load_meta(home, tree_id)
@@ -211,6 +211,10 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         emb = text_space(zs, X)
         all_emb.append(emb)
         all_ids.extend(ids)
+        scale, offsets = search_calibration(
+            zs, emb.numpy(), encoder_cache[spec].encode(class_prompts(classes))
+        )
+        all_calib.append(np.stack([np.full(len(ids), scale), offsets]))
         if test:
             T = encoder_cache[spec].encode(class_prompts(classes))
             s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
@@ -254,22 +258,23 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         E = torch.cat(all_emb)
         spec = next(iter(encoder_cache))
         T = F.normalize(encoder_cache[spec].encode(class_prompts(heldout)), dim=-1)
-        sims = (T @ E.T).numpy()
-        precs, chances = [], []
-        for j, c in enumerate(heldout):
-            top = np.argsort(-sims[j])[:10]
-            has = np.array([c in truth.get(r, {}).get("training_classes", []) for r in all_ids])
-            precs.append(has[top].mean())
-            chances.append(has.mean())
-        add(
-            "ALL",
-            "search",
-            "heldout_precision_at_10",
-            np.mean(precs),
-            np.mean(chances),
-            len(heldout),
-            "holdout",
+        cos = (T @ E.T).numpy()
+        calib = np.concatenate(all_calib, axis=1)
+        has = np.array(
+            [[c in truth.get(r, {}).get("training_classes", []) for r in all_ids] for c in heldout]
         )
+        # "search": the calibrated score `probex search` ranks by; "search-cosine": raw cosine
+        for method, sims in (("search", calib[0] * cos - calib[1]), ("search-cosine", cos)):
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+            add(
+                "ALL",
+                method,
+                "heldout_precision_at_10",
+                float(np.take_along_axis(has, top, axis=1).mean()),
+                float(has.mean()),
+                len(heldout),
+                "holdout",
+            )
 
     df = frame(rows, EVAL_COLUMNS)
     write_table(home, "evaluation_rows", df)

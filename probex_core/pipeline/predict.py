@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.pipeline.common import StepReport, digest, frame
-from probex_core.pipeline.experts import load_meta
+from probex_core.pipeline.experts import load_meta, text_encoder
 from probex_core.pipeline.layers import load_layer_index
+from probex_core.text import class_prompts
 from probex_core.train import load_expert, open_layer_stack, predict_proba
 
 PRED_COLUMNS = {
@@ -18,7 +20,14 @@ PRED_COLUMNS = {
     "probability": "float",
     "rank": "int",
 }
-EMB_COLUMNS = {"repo_id": "str", "tree_id": "str", "encoder": "str", "embedding": "object"}
+EMB_COLUMNS = {
+    "repo_id": "str",
+    "tree_id": "str",
+    "encoder": "str",
+    "embedding": "object",
+    "logit_scale": "float",  # the tree's zero-shot expert's logit scale s
+    "vocab_lse": "float",  # log Σ exp(s · cos) over the tree's class texts (search offset)
+}
 
 
 def text_space(model, X: torch.Tensor) -> torch.Tensor:
@@ -27,10 +36,19 @@ def text_space(model, X: torch.Tensor) -> torch.Tensor:
         return model.text_embedding(X)
 
 
+def search_calibration(zs, emb: np.ndarray, class_texts: torch.Tensor) -> tuple[float, np.ndarray]:
+    """(logit scale s, per-model log Σ_c exp(s · cos(e, t_c))) over the tree's class texts:
+    the offset that turns s · cosine into log-odds against what the tree knows."""
+    s = float(zs.zero_shot.log_scale.detach().exp())
+    cos = torch.from_numpy(emb) @ F.normalize(class_texts.float(), dim=-1).T
+    return s, torch.logsumexp(s * cos, dim=1).numpy()
+
+
 def tree_outputs(
     home: Home, tree_id: str
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
-    """(repo ids, classes, probabilities (N, C), text-space embeddings (N, D), encoder) of a tree."""
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str, float, np.ndarray]:
+    """(repo ids, classes, probabilities (N, C), text-space embeddings (N, D), encoder,
+    search scale, search offsets (N,)) of a tree."""
     meta = load_meta(home, tree_id)
     if meta.get("skipped"):
         raise FileNotFoundError(f"tree {tree_id} has no expert: {meta['skipped']}")
@@ -41,13 +59,10 @@ def tree_outputs(
     zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
     probs = predict_proba(clf, X).numpy()
     emb = text_space(zs, X).numpy()
-    return (
-        index["repo_ids"],
-        meta["classes"],
-        probs,
-        emb,
-        zmeta.get("encoder_name", meta["encoder"]),
-    )
+    encoder = zmeta.get("encoder_name", meta["encoder"])
+    texts = text_encoder(home, meta["encoder"]).encode(class_prompts(meta["classes"]))
+    scale, offsets = search_calibration(zs, emb, texts)
+    return index["repo_ids"], meta["classes"], probs, emb, encoder, scale, offsets
 
 
 def predict(home: Home) -> StepReport:
@@ -55,7 +70,7 @@ def predict(home: Home) -> StepReport:
     preds, embs, done, missing = [], [], [], []
     for tree_id in sorted(trees):
         try:
-            repo_ids, classes, probs, emb, encoder = tree_outputs(home, tree_id)
+            repo_ids, classes, probs, emb, encoder, scale, offsets = tree_outputs(home, tree_id)
         except FileNotFoundError:
             missing.append(tree_id)
             continue
@@ -77,6 +92,8 @@ def predict(home: Home) -> StepReport:
                     "tree_id": tree_id,
                     "encoder": encoder,
                     "embedding": emb[i].astype(np.float32).tolist(),
+                    "logit_scale": scale,
+                    "vocab_lse": float(offsets[i]),
                 }
             )
         done.append(tree_id)
