@@ -153,6 +153,15 @@ BASE_TABLES = (
 VIEWS = ("models", "trees", "experts", "predictions", "evaluations", "rejected_repos", "embeddings")
 
 
+def _empty_select(table: str) -> str:
+    """The SELECT of sql/empty_<table>.sql ("CREATE OR REPLACE VIEW {name} AS SELECT …"): the
+    table's schema with no rows."""
+    head, sep, select = load_sql(f"empty_{table}").partition(" AS ")
+    if not sep or not head.startswith("CREATE OR REPLACE VIEW"):
+        raise ValueError(f"sql/empty_{table}.sql is not 'CREATE OR REPLACE VIEW {{name}} AS …'")
+    return select.strip().rstrip(";")
+
+
 def refresh_views(home: Home) -> None:
     """(Re)create the catalog: one raw view per base table with data, then the user views.
 
@@ -163,14 +172,18 @@ def refresh_views(home: Home) -> None:
     try:
         for table in BASE_TABLES:
             parts = sorted(home.table_dir(table).glob("*.parquet"))
+            empty = _empty_select(table)
             if parts:
+                # Parts written by older code may lack columns added since: the union with the
+                # empty schema gives them as NULL, so the views still bind until a rebuild.
                 files = ", ".join(f"'{_quote(p)}'" for p in parts)
                 con.execute(
                     f"CREATE OR REPLACE VIEW raw_{table} AS "
-                    f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
+                    f"SELECT * FROM read_parquet([{files}], union_by_name = true) "
+                    f"UNION ALL BY NAME ({empty})"
                 )
             else:
-                con.execute(load_sql(f"empty_{table}").replace("{name}", f"raw_{table}"))
+                con.execute(f"CREATE OR REPLACE VIEW raw_{table} AS {empty}")
         for view in VIEWS:
             con.execute(load_sql(f"view_{view}"))
     finally:

@@ -51,3 +51,27 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     write_table(home, "repos", pd.DataFrame({"repo_id": ["a/b"]}))
     files = sorted(p.name for p in home.table_dir("repos").iterdir())
     assert files == ["all.parquet"]
+
+
+def test_parts_from_older_code_get_new_columns_as_null(tmp_path):
+    """A model_embeddings part written before the search calibration existed still binds the
+    views (calibration NULL), and search ranks those rows by plain cosine."""
+    from probex_core.search import SEARCH_MODELS_SQL
+
+    home = Home(tmp_path)
+    old = pd.DataFrame(
+        {
+            "repo_id": ["org/a", "org/b"],
+            "tree_id": ["t1", "t1"],
+            "encoder": ["enc", "enc"],
+            "embedding": [[1.0, 0.0], [0.6, 0.8]],
+        }
+    )
+    write_table(home, "model_embeddings", old)
+    refresh_views(home)
+    df = query(home, "SELECT repo_id, logit_scale, vocab_lse FROM embeddings ORDER BY repo_id")
+    assert df.repo_id.tolist() == ["org/a", "org/b"]
+    assert df.logit_scale.isna().all() and df.vocab_lse.isna().all()
+    hits = query(home, SEARCH_MODELS_SQL, [[0.0, 1.0], "enc", None, None, 5])
+    assert hits.repo_id.tolist() == ["org/b", "org/a"]
+    assert hits.score.tolist() == pytest.approx([0.8, 0.0], abs=1e-6)
