@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import torch
 
@@ -29,7 +30,13 @@ def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) 
         raise RuntimeError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
     spec = load_meta(home, stored.tree_id.iloc[0])["encoder"]
     vec = text_encoder(home, spec).encode([text])[0].tolist()
-    return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
+    try:
+        return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
+    except duckdb.BinderException as e:
+        raise RuntimeError(
+            f"the catalog {home.catalog_path} was built by an older probex and has no search "
+            f"calibration columns ({e}); run `probex run` once to refresh it"
+        ) from e
 
 
 @dataclass
