@@ -148,8 +148,9 @@ def _ratios(rows: dict[str, dict]) -> dict[str, dict]:
 def run(quick: bool = False) -> dict:
     s = QUICK if quick else FULL
     # One thread, as `probex bench zoo`: on a shared 2-core machine a second thread's speed
-    # depends on the neighbour's load. (Measured idle at 2 threads: Dense 1.87 s/epoch,
-    # ProbeX r_U=16 0.46 s — the same ratio within 10 %.)
+    # depends on the neighbour's load. Dense gains more from a second thread than ProbeX
+    # (idle, 2 threads: Dense 1.87 s/epoch, ProbeX (16, 256, 512) 0.60 s, (8, 256, 512)
+    # 0.57 s: 3.1× and 3.3×, against 3.9× and 4.5× at one thread).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
