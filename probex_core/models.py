@@ -8,6 +8,7 @@ checkpoints store to rebuild the model (see `train.save_expert`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -276,10 +277,14 @@ def _quantile_sample(flat: torch.Tensor) -> torch.Tensor:
     that size). Sorting all 590k entries of a 768×768 layer took ~40 ms per model and made
     StatNN the slowest model of the bench; the sample's quantiles are off by ~0.01 std."""
     n = flat.shape[1]
-    if n <= QUANTILE_SAMPLE:
-        return flat
-    g = torch.Generator().manual_seed(n)
-    return flat[:, torch.randperm(n, generator=g)[:QUANTILE_SAMPLE]]
+    return flat if n <= QUANTILE_SAMPLE else flat[:, _sample_positions(n)]
+
+
+@functools.lru_cache(maxsize=16)
+def _sample_positions(n: int) -> torch.Tensor:
+    """QUANTILE_SAMPLE positions out of n, seeded by n; drawn once per size (every batch of
+    every epoch asks again)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(n))[:QUANTILE_SAMPLE]
 
 
 def weight_statistics(X: torch.Tensor) -> torch.Tensor:

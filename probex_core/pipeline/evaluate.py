@@ -27,7 +27,6 @@ from probex_core.metrics import (
 from probex_core.pipeline.common import StepReport, frame, png
 from probex_core.pipeline.experts import load_meta, majority_chance, text_encoder, tree_labels
 from probex_core.pipeline.layers import load_layer_index
-from probex_core.pipeline.predict import search_calibration, text_space
 from probex_core.text import class_prompts
 from probex_core.train import load_expert, open_layer_stack, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
@@ -140,6 +139,8 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
 
     encoder_cache: dict = {}
     all_emb, all_ids, all_calib = [], [], []
+    # the weight-language embeddings and search calibration `predict` stored: not recomputed
+    stored = read_table(home, "model_embeddings").set_index("repo_id")
     for tree_id in sorted(summary.index):
         try:
             meta = load_meta(home, tree_id)
@@ -205,16 +206,13 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                     ):
                         add(tree_id, method, metric, value, chance_, len(test), "test")
 
-        zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
         spec = meta["encoder"]
         encoder_cache.setdefault(spec, text_encoder(home, spec))
-        emb = text_space(zs, X)
+        mine = stored.loc[ids]
+        emb = torch.from_numpy(np.stack(mine.embedding.to_numpy()).astype(np.float32))
         all_emb.append(emb)
         all_ids.extend(ids)
-        scale, offsets = search_calibration(
-            zs, emb.numpy(), encoder_cache[spec].encode(class_prompts(classes))
-        )
-        all_calib.append(np.stack([np.full(len(ids), scale), offsets]))
+        all_calib.append(mine[["logit_scale", "vocab_lse"]].to_numpy(np.float32).T)
         if test:
             T = encoder_cache[spec].encode(class_prompts(classes))
             s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
