@@ -1,7 +1,8 @@
 """Training experts: seeded loops with best-validation checkpointing, the layer store, sweeps.
 
 Data comes as a `TensorData` (in memory) or a `StackData` (streamed from a layer stack file
-written by `write_layer_stack`); both yield (X (B, d_H, d_W), Y (B, d_Y)) batches. Checkpoints
+written by `write_layer_stack`); both yield (X (B, d_H, d_W), Y (B, d_Y)) batches, and in-memory
+data gives a model that reads layers in place (ProbeX) `LayerRows` instead of a copy. Checkpoints
 and layer stacks are safetensors files with JSON metadata, written atomically.
 """
 
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probex_core.metrics import per_class_accuracy, topk_accuracy
-from probex_core.models import WeightModel, build_model
+from probex_core.models import LayerRows, WeightModel, build_model
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,10 @@ class Dataset(Protocol):
     def __len__(self) -> int: ...
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(X, Y) batches; a batch's X may be overwritten when the next one is drawn."""
+        self, batch_size: int, generator: torch.Generator | None = None, in_place: bool = False
+    ) -> Iterator[tuple[torch.Tensor | LayerRows, torch.Tensor]]:
+        """(X, Y) batches; a batch's X may be overwritten when the next one is drawn. With
+        `in_place`, X may instead be `LayerRows` for a model whose `reads_in_place` is set."""
         ...
 
     def head(self, n: int) -> torch.Tensor: ...
@@ -90,19 +92,25 @@ class TensorData:
         return len(self.X)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self, batch_size: int, generator: torch.Generator | None = None, in_place: bool = False
+    ) -> Iterator[tuple[torch.Tensor | LayerRows, torch.Tensor]]:
         """Shuffled batches when a generator is given, in order (views of X) otherwise.
 
-        A shuffled batch's X is gathered into one buffer kept between calls and is valid only
-        until the next batch is drawn: a fresh (B, d_H, d_W) allocation per step page-faults
-        its memory in anew, which cost ~8x the copy itself for 768×768 layers."""
+        A shuffled batch is `LayerRows` of X when `in_place`; otherwise its X is gathered into
+        one buffer kept between calls and is valid only until the next batch is drawn: a fresh
+        (B, d_H, d_W) allocation per step page-faults its memory in anew, which cost ~8x the
+        copy itself for 768×768 layers."""
         n = len(self)
         if generator is None:
             for s in range(0, n, batch_size):
                 yield self.X[s : s + batch_size], self.Y[s : s + batch_size]
             return
         order = torch.randperm(n, generator=generator)
+        if in_place:
+            for s in range(0, n, batch_size):
+                idx = order[s : s + batch_size]
+                yield LayerRows(self.X, idx), self.Y[idx]
+            return
         size = min(batch_size, n)
         if self._buffer is None or self._buffer.shape[0] < size:
             self._buffer = torch.empty(size, *self.X.shape[1:], dtype=self.X.dtype)
@@ -256,8 +264,9 @@ class StackData:
         return len(self.indices)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None
+        self, batch_size: int, generator: torch.Generator | None = None, in_place: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Read from the stack batch by batch; `in_place` has no effect (nothing is in memory)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for s in range(0, n, batch_size):
@@ -356,7 +365,7 @@ def train_expert(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        for X, Y in train.batches(cfg.batch_size, gen):
+        for X, Y in train.batches(cfg.batch_size, gen, in_place=model.reads_in_place):
             if cfg.objective == "classify":
                 loss = F.binary_cross_entropy_with_logits(model(X), Y)
             elif cfg.objective == "single":

@@ -9,6 +9,7 @@ from probex_core.models import (
     MODEL_KINDS,
     N_STATS,
     QUANTILE_SAMPLE,
+    LayerRows,
     build_model,
     count_parameters,
     probe_responses,
@@ -126,8 +127,13 @@ def test_weight_statistics_of_a_large_layer_match_exact_ones() -> None:
 def test_probe_responses_gradients(r: int) -> None:
     X = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     U = torch.randn(7, r, dtype=torch.float64, requires_grad=True)
-    assert torch.allclose(probe_responses(X, U), X @ U)
+    assert torch.allclose(probe_responses(X, U), (X @ U).transpose(1, 2))
     assert torch.autograd.gradcheck(probe_responses, (X, U))
+    # rows of a stack, read in place, repeated and out of order
+    index = torch.tensor([2, 0, 2])
+    rows = probe_responses(LayerRows(X, index), U)
+    assert torch.allclose(rows, probe_responses(X[index], U))
+    assert torch.autograd.gradcheck(lambda X, U: probe_responses(LayerRows(X, index), U), (X, U))
 
 
 def test_weight_to_text_head_embeds_models_in_the_text_space():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probex_core.metrics import per_class_accuracy, topk_accuracy
-from probex_core.models import build_model
+from probex_core.models import LayerRows, build_model
 from probex_core.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.train import (
     TensorData,
@@ -85,6 +85,20 @@ def test_one_seed_gives_identical_weights(splits) -> None:
         TrainConfig(epochs=6, val_every=3, batch_size=32, seed=6),
     )
     assert not torch.equal(runs[0]["U"], other.model.state_dict()["U"])
+
+
+@pytest.mark.parametrize("r_U", [4, 16])
+def test_probex_reading_layers_in_place_trains_as_on_gathered_batches(splits, r_U: int) -> None:
+    cfg = TrainConfig(epochs=4, val_every=2, batch_size=32, seed=2)
+    states = []
+    for in_place in (True, False):
+        model = build_model("probex", 32, 48, 8, seed=1, r_U=r_U, r_V=8, r_T=16)
+        model.reads_in_place = in_place  # False: batches are gathered copies
+        res = train_expert(model, splits["train"], splits["val"], cfg)
+        states.append(res.model.state_dict())
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])
+    batch, _ = next(splits["train"].batches(32, torch.Generator().manual_seed(0), in_place=True))
+    assert isinstance(batch, LayerRows) and batch.source is splits["train"].X
 
 
 @pytest.mark.parametrize("kind", ["probex", "mvprobe", "statnn", "dense"])

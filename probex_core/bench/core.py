@@ -17,7 +17,9 @@ both are printed, and only the fine-tune-like tree is judged against the targets
 ProbeX is run at the paper's widths and with fewer probes (smaller r_U). Its first step, X·U,
 costs d_H·d_W·r_U multiply-adds per model, Dense's whole forward d_H·d_W·d_Y: at r_U = 128 and
 d_Y = 100 ProbeX does *more* arithmetic than Dense, so speed comes from fewer probes; the
-wider projection (r_V) keeps what fewer probes lose.
+wider projection (r_V) keeps what fewer probes lose. ProbeX reads each model's layer where
+it lies (`LayerRows`); Dense, whose step is one product over the whole batch, gets the
+shuffled batch gathered into a buffer.
 """
 
 from __future__ import annotations
@@ -148,9 +150,10 @@ def _ratios(rows: dict[str, dict]) -> dict[str, dict]:
 def run(quick: bool = False) -> dict:
     s = QUICK if quick else FULL
     # One thread, as `probex bench zoo`: on a shared 2-core machine a second thread's speed
-    # depends on the neighbour's load. Dense gains more from a second thread than ProbeX
-    # (idle, 2 threads: Dense 1.87 s/epoch, ProbeX (16, 256, 512) 0.60 s, (8, 256, 512)
-    # 0.57 s: 3.1× and 3.3×, against 3.9× and 4.5× at one thread).
+    # depends on the neighbour's load. Dense gains from a second thread, ProbeX does not: its
+    # epoch is bound by memory traffic (idle, 2 threads: Dense 1.83 s/epoch, ProbeX
+    # (16, 256, 512) 0.46 s, (8, 256, 512) 0.40 s: 4.0× and 4.6×, against 4.6× and 7.1× at one
+    # thread).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
