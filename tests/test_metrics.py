@@ -10,6 +10,7 @@ from probex_core.metrics import (
     mean_average_precision,
     one_class_auc,
     per_class_accuracy,
+    ranking_auc,
     retrieval,
     set_f1,
     topk_accuracy,
@@ -53,6 +54,19 @@ def test_topk_accuracy() -> None:
     assert topk_accuracy(scores, np.array([1, 1, 0]), k=2) == pytest.approx(2 / 3)
     assert topk_accuracy(scores, np.array([1, 1, 0]), k=3) == 1.0
     assert topk_accuracy(scores, np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0]]), k=1) == 2 / 3
+
+
+def test_ranking_auc() -> None:
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.2, 0.8], [0.3, 0.6, 0.1]])
+    Y = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 1]])  # row 3 has no false class: left out
+    auc, se, n = ranking_auc(scores, Y)
+    assert n == 2
+    assert auc == pytest.approx((1.0 + 0.25) / 2)  # row 2: a tie (0.5) and a loss (0)
+    assert se == pytest.approx(np.std([1.0, 0.25], ddof=1) / np.sqrt(2))
+    rng = np.random.default_rng(0)
+    Y = rng.random((400, 20)) < 0.4
+    assert abs(ranking_auc(rng.random((400, 20)), Y)[0] - 0.5) < 0.03  # random scores
+    assert ranking_auc(Y + 0.5 * rng.random((400, 20)), Y)[0] == 1.0
 
 
 def test_knn_accuracy() -> None:

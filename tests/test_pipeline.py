@@ -81,6 +81,25 @@ def test_experts_beat_chance_on_undocumented_models(built):
     assert big.value > big.chance + 0.05, df
 
 
+def test_heldout_zero_shot_rows_carry_ranking_auc_and_standard_errors(built):
+    home, _ = built
+    df = query(
+        home,
+        "SELECT tree_id, metric, value, chance, stderr, n FROM evaluations "
+        "WHERE split = 'holdout' AND method = 'probex-zeroshot'",
+    )
+    top1, auc = (
+        df[df.metric == m].set_index("tree_id") for m in ("heldout_top1", "heldout_ranking_auc")
+    )
+    assert len(top1) >= 2 and set(auc.index) == set(top1.index), df
+    assert (auc.chance == 0.5).all() and auc.value.between(0, 1).all()
+    assert (auc.stderr > 0).all() and (auc.n <= top1.n).all()
+    p = top1.value
+    assert ((p * (1 - p) / top1.n) ** 0.5 - top1.stderr).abs().max() < 1e-9
+    search = query(home, "SELECT stderr FROM evaluations WHERE metric = 'heldout_precision_at_10'")
+    assert search.stderr.notna().all() and len(search) == 2
+
+
 def test_search_ranks_by_calibrated_score_from_sql(built):
     """`probex search`'s ranking: logit_scale · cosine − vocab_lse, best first, every tree's
     models eligible, no weight re-read (the catalog alone answers)."""

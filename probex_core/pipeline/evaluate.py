@@ -20,6 +20,7 @@ from probex_core.metrics import (
     mean_average_precision,
     one_class_auc,
     per_class_accuracy,
+    ranking_auc,
     retrieval,
     set_f1,
     topk_accuracy,
@@ -37,6 +38,7 @@ EVAL_COLUMNS = {
     "metric": "str",
     "value": "float",
     "chance": "float",
+    "stderr": "float",  # standard error of value where it is a mean over models or queries
     "n": "int",
     "split": "str",
 }
@@ -77,7 +79,7 @@ def _multi_hot(class_lists: list[list[str]], classes: list[str]) -> np.ndarray:
 def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     rows: list[dict] = []
 
-    def add(tree, method, metric, value, chance, n, split):
+    def add(tree, method, metric, value, chance, n, split, stderr=None):
         rows.append(
             {
                 "tree_id": tree,
@@ -85,6 +87,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                 "metric": metric,
                 "value": float(value),
                 "chance": None if chance is None else float(chance),
+                "stderr": None if stderr is None else float(stderr),
                 "n": int(n),
                 "split": split,
             }
@@ -217,15 +220,22 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             T = encoder_cache[spec].encode(class_prompts(classes))
             s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
             Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
+            top1 = topk_accuracy(s, Yt, 1)
             add(
                 tree_id,
                 "probex-zeroshot",
                 "zero_shot_top1",
-                topk_accuracy(s, Yt, 1),
+                top1,
                 Yt.sum(1).mean() / len(classes),
                 len(test),
                 "test",
+                _binomial_se(top1, len(test)),
             )
+            auc, se, n_auc = ranking_auc(s, Yt)
+            if n_auc:
+                add(
+                    tree_id, "probex-zeroshot", "zero_shot_ranking_auc", auc, 0.5, n_auc, "test", se
+                )
         hold = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") in HOLDOUT]
         hold = [i for i in hold if set(truth[ids[i]]["training_classes"]) & set(heldout)]
         if hold and heldout:
@@ -233,15 +243,29 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()
             Yh = _multi_hot([truth[ids[i]]["training_classes"] for i in hold], heldout)
             chance1 = float(Yh.sum(1).mean() / len(heldout))
+            top1 = topk_accuracy(s, Yh, 1)
             add(
                 tree_id,
                 "probex-zeroshot",
                 "heldout_top1",
-                topk_accuracy(s, Yh, 1),
+                top1,
                 chance1,
                 len(hold),
                 "holdout",
+                _binomial_se(top1, len(hold)),
             )
+            auc, se, n_auc = ranking_auc(s, Yh)
+            if n_auc:
+                add(
+                    tree_id,
+                    "probex-zeroshot",
+                    "heldout_ranking_auc",
+                    auc,
+                    0.5,
+                    n_auc,
+                    "holdout",
+                    se,
+                )
             add(
                 tree_id,
                 "probex-zeroshot",
@@ -264,14 +288,18 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         # "search": the calibrated score `probex search` ranks by; "search-cosine": raw cosine
         for method, sims in (("search", calib[0] * cos - calib[1]), ("search-cosine", cos)):
             top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+            per_query = np.take_along_axis(has, top, axis=1).mean(axis=1)
             add(
                 "ALL",
                 method,
                 "heldout_precision_at_10",
-                float(np.take_along_axis(has, top, axis=1).mean()),
+                float(per_query.mean()),
                 float(has.mean()),
                 len(heldout),
                 "holdout",
+                float(per_query.std(ddof=1) / np.sqrt(len(per_query)))
+                if len(per_query) > 1
+                else None,
             )
 
     df = frame(rows, EVAL_COLUMNS)
@@ -289,6 +317,10 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         if (df.split == "test").any()
         else {},
     )
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
 
 
 def representation_scores(
