@@ -109,19 +109,16 @@ class WeightModel(nn.Module):
 class LayerRows:
     """Layers `index` of a stack `source` (N, d_H, d_W), not gathered into a batch tensor.
 
-    A model that reads each layer on its own (`WeightModel.reads_in_place`, i.e. ProbeX)
-    indexes `source` one layer at a time; a shuffled batch then costs no copy. Copying 128
-    layers of 768×768 into a batch reads and writes 300 MB, ~0.03 s, a fifth of a ProbeX step
-    with 8 probes."""
+    Only a model that reads each layer on its own (`WeightModel.reads_in_place`, i.e. ProbeX)
+    is given these; it indexes `source` one layer at a time, so a shuffled batch costs no
+    copy. Copying 128 layers of 768×768 into a batch reads and writes 300 MB, ~0.04 s, a
+    quarter of a ProbeX step with 8 probes."""
 
     source: torch.Tensor
     index: torch.Tensor  # (B,) int64
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def gather(self) -> torch.Tensor:
-        return self.source.index_select(0, self.index)
 
 
 class _ProbeResponses(torch.autograd.Function):
