@@ -49,7 +49,7 @@ class CoreBenchSize:
     private_variance: float = 0.75  # share of a class update private to the model
 
 
-FULL = CoreBenchSize(768, 768, 100, 640, 30, 128, 512, (16, 8), 256)
+FULL = CoreBenchSize(768, 768, 100, 640, 30, 128, 512, (16, 12, 8), 256)
 QUICK = CoreBenchSize(32, 48, 10, 200, 40, 8, 32, (4, 2), 16)
 
 
