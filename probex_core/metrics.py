@@ -77,6 +77,13 @@ def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int = 1) -> float:
     return float(hit.mean())
 
 
+def topk_chance(n_pos: np.ndarray, n_cand: int, k: int) -> np.ndarray:
+    """Per row, P(a random ranking of n_cand candidates puts one of its n_pos true classes in
+    its top k) = 1 − C(n_cand − n_pos, k) / C(n_cand, k); k/n_cand for one true class."""
+    k = min(k, n_cand)
+    return np.array([1.0 - math.comb(n_cand - int(p), k) / math.comb(n_cand, k) for p in n_pos])
+
+
 def ranking_auc(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float, int]:
     """Per row, the chance that a true class outscores a false one (ties count half), averaged
     over the rows that have both; returns (mean, its standard error, rows used). Chance 0.5.

@@ -13,13 +13,13 @@ independent of where weights live. The encoder is recorded with every expert
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from probex_core.metrics import topk_chance
 from probex_core.models import WeightModel, build_model
 from probex_core.text import DEFAULT_TEMPLATE, TextEncoder, class_prompts
 from probex_core.train import TrainConfig, TrainResult, train_expert, zero_shot_scores
@@ -103,12 +103,6 @@ def train_zero_shot_expert(
     return ZeroShotExpert(result.model, encoder.name, cfg.template, seen, result)
 
 
-def _chance_topk(n_pos: np.ndarray, n_cand: int, k: int) -> np.ndarray:
-    """P(a random ranking of n_cand candidates puts one of n_pos positives in its top k)."""
-    k = min(k, n_cand)
-    return np.array([1.0 - math.comb(n_cand - p, k) / math.comb(n_cand, k) for p in n_pos])
-
-
 def evaluate_zero_shot(
     expert: ZeroShotExpert,
     data: Split,
@@ -139,7 +133,7 @@ def evaluate_zero_shot(
     for k in ks:
         hit = np.take_along_axis(Y, order[:, :k], axis=1).any(axis=1)
         out[f"top{k}"] = float(hit.mean())
-        out[f"chance_top{k}"] = float(_chance_topk(n_pos, len(cand), k).mean())
+        out[f"chance_top{k}"] = float(topk_chance(n_pos, len(cand), k).mean())
     return out
 
 

@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 
 from probex_core.canon import assemble_layer, find_layers
+from probex_core.metrics import topk_chance
 from probex_core.synthetic import SyntheticConfig, SyntheticTree, make_tree
 from probex_core.text import class_prompt
 from probex_core.train import TrainConfig
 from probex_core.zeroshot import (
     ZeroShotConfig,
-    _chance_topk,
     evaluate_zero_shot,
     multi_hot,
     train_zero_shot_expert,
@@ -134,10 +134,12 @@ def test_lora_tree_of_the_tiny_zoo_end_to_end(request):
 
 
 def test_chance_is_exact():
-    assert _chance_topk(np.array([1]), 20, 1)[0] == pytest.approx(1 / 20)
-    assert _chance_topk(np.array([1]), 20, 5)[0] == pytest.approx(5 / 20)
-    assert _chance_topk(np.array([2]), 4, 1)[0] == pytest.approx(0.5)
-    assert _chance_topk(np.array([1]), 3, 5)[0] == 1.0
+    assert topk_chance(np.array([1]), 20, 1)[0] == pytest.approx(1 / 20)
+    assert topk_chance(np.array([1]), 20, 5)[0] == pytest.approx(5 / 20)
+    assert topk_chance(np.array([2]), 4, 1)[0] == pytest.approx(0.5)
+    assert topk_chance(np.array([1]), 3, 5)[0] == 1.0
+    # 8 true of 20 (a multi-class held-out model): top-5 misses with C(12,5)/C(20,5)
+    assert topk_chance(np.array([8]), 20, 5)[0] == pytest.approx(1 - 792 / 15504)
 
 
 def test_multi_hot_ignores_unknown_classes():

@@ -24,6 +24,7 @@ from probex_core.metrics import (
     retrieval,
     set_f1,
     topk_accuracy,
+    topk_chance,
 )
 from probex_core.pipeline.common import StepReport, frame, png
 from probex_core.pipeline.experts import load_meta, majority_chance, text_encoder, tree_labels
@@ -242,7 +243,8 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             T = encoder_cache[spec].encode(class_prompts(heldout))
             s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()
             Yh = _multi_hot([truth[ids[i]]["training_classes"] for i in hold], heldout)
-            chance1 = float(Yh.sum(1).mean() / len(heldout))
+            n_pos = Yh.sum(1)
+            chance1 = float(topk_chance(n_pos, len(heldout), 1).mean())
             top1 = topk_accuracy(s, Yh, 1)
             add(
                 tree_id,
@@ -271,7 +273,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                 "probex-zeroshot",
                 "heldout_top5",
                 topk_accuracy(s, Yh, 5),
-                min(1.0, 5 * chance1),
+                float(topk_chance(n_pos, len(heldout), 5).mean()),
                 len(hold),
                 "holdout",
             )
