@@ -150,10 +150,9 @@ def _ratios(rows: dict[str, dict]) -> dict[str, dict]:
 def run(quick: bool = False) -> dict:
     s = QUICK if quick else FULL
     # One thread, as `probex bench zoo`: on a shared 2-core machine a second thread's speed
-    # depends on the neighbour's load. Dense gains from a second thread, ProbeX does not: its
-    # epoch is bound by memory traffic (idle, 2 threads: Dense 1.83 s/epoch, ProbeX
-    # (16, 256, 512) 0.46 s, (8, 256, 512) 0.40 s: 4.0× and 4.6×, against 4.6× and 7.1× at one
-    # thread).
+    # depends on the neighbour's load. Measured idle at two threads (4 epochs): Dense 1.72
+    # s/epoch; ProbeX (16, 12, 8 probes, r_V 256, r_T 512) 0.39, 0.32, 0.27 s: 4.5×, 5.4×,
+    # 6.3×, against 4.7×, 5.6×, 6.2× at one thread in the same session.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
