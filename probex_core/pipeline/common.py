@@ -19,7 +19,7 @@ CODE_VERSIONS: dict[str, str] = {
     "tree_layers": "1",
     "tree_experts": "3",
     "model_predictions": "2",
-    "evaluations": "4",
+    "evaluations": "5",
 }
 
 
