@@ -22,6 +22,9 @@ from probex_core.catalog import Home, query
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"epochs": 60, "sweep_epochs": 15, "val_every": 15}
+# for runs that check orchestration, not accuracy: the tiny experts still pass their gate
+# (mlp-a 0.59 per-class against chance 0.52, lora top-1 0.14 against 0.02)
+SHORT = {"epochs": 20, "sweep_epochs": 5, "val_every": 5}
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +164,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     zoo = tmp_path / "zoo"
     shutil.copytree(tiny_hub_copy, zoo)
     home = Home(tmp_path / "home")
-    first = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    first = run_all(home, str(zoo / "hub"), expert_config=SHORT)
     trees = sorted(first["built"])
     assert len(trees) >= 3
 
@@ -187,7 +190,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     }
     save_file(tensors, str(weights), metadata=meta)
 
-    second = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    second = run_all(home, str(zoo / "hub"), expert_config=SHORT)
     assert len(second["built"]) == 1, second["built"]
     changed = second["built"][0]
     counts = _materialisations(instance_for(home), "tree_experts")
@@ -200,7 +203,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
         == changed
     )
 
-    third = run_all(home, str(zoo / "hub"), expert_config=FAST)
+    third = run_all(home, str(zoo / "hub"), expert_config=SHORT)
     assert third["built"] == [], "an unchanged hub rebuilds nothing"
 
 
@@ -239,8 +242,9 @@ from orchestration.runner import instance_for
 from probex_core.catalog import Home
 
 home = Home(sys.argv[1])
+# SHORT training: this run checks concurrent writers, not accuracy
 run_config = {
-    "ops": {"tree_experts": {"config": {"epochs": 60, "sweep_epochs": 15, "val_every": 15}}},
+    "ops": {"tree_experts": {"config": {"epochs": 20, "sweep_epochs": 5, "val_every": 5}}},
     "execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
 }
 with dg.execute_job(
