@@ -102,7 +102,7 @@ def _private_updates(
     d_H, d_W, C, k = cfg.d_H, cfg.d_W, cfg.n_classes, cfg.rank
     q = torch.randn(d_W, C * k, generator=g)
     Bc = (torch.linalg.qr(q)[0] if C * k <= d_W else q / math.sqrt(d_W)).T.reshape(C, k, d_W)
-    scale = cfg.signal * math.sqrt(d_W / k) / math.sqrt(d_W)
+    scale = cfg.signal / math.sqrt(k)
     a_rms = A.pow(2).mean().sqrt()
     out = torch.empty(len(amp), d_H, d_W)
     for i, a in enumerate(amp):

@@ -141,7 +141,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             ]
             add("ALL", "router", "routing_accuracy", np.mean(ok), None, len(ids), split)
 
-    encoder_cache: dict = {}
+    specs: set[str] = set()
     all_emb, all_ids, all_calib = [], [], []
     # the weight-language embeddings and search calibration `predict` stored: not recomputed
     stored = read_table(home, "model_embeddings").set_index("repo_id")
@@ -211,14 +211,14 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                         add(tree_id, method, metric, value, chance_, len(test), "test")
 
         spec = meta["encoder"]
-        encoder_cache.setdefault(spec, text_encoder(home, spec))
+        specs.add(spec)
         mine = stored.loc[ids]
         emb = torch.from_numpy(np.stack(mine.embedding.to_numpy()).astype(np.float32))
         all_emb.append(emb)
         all_ids.extend(ids)
         all_calib.append(mine[["logit_scale", "vocab_lse"]].to_numpy(np.float32).T)
         if test:
-            T = encoder_cache[spec].encode(class_prompts(classes))
+            T = text_encoder(home, spec).encode(class_prompts(classes))
             s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
             Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
             top1 = topk_accuracy(s, Yt, 1)
@@ -240,7 +240,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         hold = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") in HOLDOUT]
         hold = [i for i in hold if set(truth[ids[i]]["training_classes"]) & set(heldout)]
         if hold and heldout:
-            T = encoder_cache[spec].encode(class_prompts(heldout))
+            T = text_encoder(home, spec).encode(class_prompts(heldout))
             s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()
             Yh = _multi_hot([truth[ids[i]]["training_classes"] for i in hold], heldout)
             n_pos = Yh.sum(1)
@@ -280,8 +280,8 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
 
     if all_emb and heldout:
         E = torch.cat(all_emb)
-        spec = next(iter(encoder_cache))
-        T = F.normalize(encoder_cache[spec].encode(class_prompts(heldout)), dim=-1)
+        spec = next(iter(specs))
+        T = F.normalize(text_encoder(home, spec).encode(class_prompts(heldout)), dim=-1)
         cos = (T @ E.T).numpy()
         calib = np.concatenate(all_calib, axis=1)
         has = np.array(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict
@@ -52,7 +53,14 @@ BASELINES = ("statnn", "dense")
 
 def text_encoder(home: Home, spec: str):
     """The configured encoder behind an on-disk cache: a text is encoded once per encoder."""
-    return CachedTextEncoder(get_text_encoder(spec), EmbeddingCache(home.artifacts / "text_cache"))
+    return CachedTextEncoder(_loaded_encoder(spec), EmbeddingCache(home.artifacts / "text_cache"))
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_encoder(spec: str):
+    """One loaded encoder per spec and process: predict and evaluate ask once per tree, and
+    loading MiniLM takes seconds."""
+    return get_text_encoder(spec)
 
 
 def split_documented(
