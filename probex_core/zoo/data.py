@@ -98,6 +98,31 @@ class ImageJitter:
     colour: float = 0.08  # max per-channel colour jitter (uniform)
     background: tuple[float, float] = (0.0, 0.35)  # range of the background grey level
     noise: float = 0.06  # std of per-pixel gaussian noise
+    # amplitude of each class's own surface pattern (0: flat colour, the zoo v1 images)
+    texture: float = 0.0
+
+
+TEXTURE_SEED = 20261129  # class patterns are fixed for every zoo and seed (part of the data)
+
+
+def _class_textures() -> torch.Tensor:
+    """Per class two oriented gratings in object coordinates: (n_classes, 2, 4) rows of
+    (frequency, cos θ, sin θ, phase). A fixed generator, so a class looks the same in every
+    zoo: its pattern is part of what "red star" is, the way a CIFAR class has its own look."""
+    g = torch.Generator().manual_seed(TEXTURE_SEED)
+    n = len(CLASSES)
+    freq = torch.empty(n, 2).uniform_(2.0, 5.0, generator=g)
+    theta = torch.rand(n, 2, generator=g) * math.pi
+    phase = torch.rand(n, 2, generator=g) * 2 * math.pi
+    return torch.stack([freq, theta.cos(), theta.sin(), phase], dim=-1)
+
+
+def _texture(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each image's class pattern at object coordinates u, v (N, g, g), values in [-1, 1]."""
+    t = _class_textures()[labels]  # (N, 2, 4)
+    f, c, s, ph = (t[..., i, None, None] for i in range(4))  # (N, 2, 1, 1) each
+    arg = math.pi * f * (c * u[:, None] + s * v[:, None]) + ph
+    return torch.sin(arg).mean(1)  # (N, g, g)
 
 
 def render(
@@ -126,17 +151,26 @@ def render(
         sel = (shape_idx == shape).nonzero().squeeze(1)
         if sel.numel():
             mask[sel] = _shape_mask(shape, u[sel], v[sel])
-    mask = torch.nn.functional.avg_pool2d(mask[:, None], SUPERSAMPLE)  # (N, 1, H, W)
+    shade = torch.ones(n, 1, g, g)
+    if jitter.texture:
+        shade = (1 + jitter.texture * _texture(labels, u, v))[:, None]  # (N, 1, g, g)
+    # pool mask and mask·shade, so the pattern is anti-aliased with the outline
+    mask, shaded = torch.nn.functional.avg_pool2d(
+        torch.stack([mask, mask * shade[:, 0]], 1), SUPERSAMPLE
+    ).unbind(1)  # (N, H, W) each
+    mask, shaded = mask[:, None], shaded[:, None]
     palette = torch.tensor(list(COLOURS.values()))
     colour = palette[colour_idx] + (torch.rand(n, 3, generator=gen) * 2 - 1) * jitter.colour
     bg = torch.empty(n, 1, 1, 1).uniform_(*jitter.background, generator=gen)
-    img = bg + mask * (colour[:, :, None, None].clamp(0, 1) - bg)
+    img = bg * (1 - mask) + shaded * colour[:, :, None, None].clamp(0, 1)
     img = img + torch.randn(img.shape, generator=gen) * jitter.noise
     return (img.clamp(0, 1) - 0.5).contiguous()
 
 
-def image_pool(per_class: int, gen: torch.Generator) -> torch.Tensor:
+def image_pool(
+    per_class: int, gen: torch.Generator, jitter: ImageJitter = ImageJitter()
+) -> torch.Tensor:
     """A pool of `per_class` images for every class -> (n_classes, per_class, 3, H, W)."""
     labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)
-    chunks = [render(chunk, gen) for chunk in labels.split(2000)]
+    chunks = [render(chunk, gen, jitter) for chunk in labels.split(2000)]
     return torch.cat(chunks).view(len(CLASSES), per_class, 3, IMAGE_SIZE, IMAGE_SIZE)

@@ -6,6 +6,7 @@ Everything random is derived from the seed (torch generators for weights and ima
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -17,12 +18,14 @@ import torch
 from tqdm import tqdm
 
 from probex_core.zoo.archs import CNN, MLP, LoraMLP, Params, ViT, new_head
-from probex_core.zoo.data import CLASSES, heldout_classes, image_pool
+from probex_core.zoo.data import CLASSES, ImageJitter, heldout_classes, image_pool
 from probex_core.zoo.presets import PRESETS, TreeSpec, ZooPreset
 from probex_core.zoo.trainer import (
+    AttributeTask,
     Hyper,
     MulticlassTask,
     OneVsRestTask,
+    attribute_accuracy,
     balanced_accuracy,
     multiclass_accuracy,
     train_batched,
@@ -148,6 +151,7 @@ def _plan_tree(
             flip=rng.random() < 0.5,
             crop=rng.random() < 0.5,
             seed=rng.getrandbits(31),
+            lp_steps=spec.lp_steps,
         )
         parent_idx = (i - n1) // spec.children if depth[i] == 2 else None
         plan.append(
@@ -291,10 +295,16 @@ class _TreeRun:
     def pretrain(self, root: Planned) -> Params:
         spec, arch = self.spec, self.spec.arch
         pool = image_pool(
-            self.preset.pretrain_per_class, _gen(self.seed, spec.tree_id, "pretrain-pool")
+            self.preset.pretrain_per_class,
+            _gen(self.seed, spec.tree_id, "pretrain-pool"),
+            self.pools["pretrain_jitter"],
         )
-        params = arch.init(1, len(CLASSES), _gen(self.seed, spec.tree_id, "root-init"))
-        task = MulticlassTask(pool, torch.arange(len(CLASSES))[None])
+        attributes = spec.root_task == "attributes"
+        n_out = 2 * AttributeTask.n_attr if attributes else len(CLASSES)
+        params = arch.init(1, n_out, _gen(self.seed, spec.tree_id, "root-init"))
+        task = (AttributeTask if attributes else MulticlassTask)(
+            pool, torch.arange(len(CLASSES))[None]
+        )
         params = train_batched(
             params,
             arch.forward,
@@ -303,9 +313,12 @@ class _TreeRun:
             _gen(self.seed, spec.tree_id, "root-train"),
             self._step,
         )
-        root.accuracy = multiclass_accuracy(
-            arch.forward, params, self.pools["eval"], task.classes
-        ).item()
+        if attributes:
+            root.accuracy = attribute_accuracy(arch.forward, params, self.pools["eval"])
+        else:
+            root.accuracy = multiclass_accuracy(
+                arch.forward, params, self.pools["eval"], task.classes
+            ).item()
         root.chance = 1 / len(CLASSES)
         _write_full(self.hub, root, arch, {k: v[0] for k, v in params.items()})
         return params
@@ -343,8 +356,11 @@ class _TreeRun:
                 classes = torch.tensor([plan[i].classes for i in chunk])
                 task = MulticlassTask(self.pools["train"], classes)
                 gen = _gen(self.seed, self.spec.tree_id, "finetune", depth, chunk[0])
+                inits = _stack(inits)
+                if self.spec.lp_steps:
+                    inits = self.linear_probe(inits, arch.features, task, chunk, plan, gen)
                 out = train_batched(
-                    _stack(inits),
+                    inits,
                     arch.forward,
                     task,
                     [plan[i].hyper for i in chunk],
@@ -360,6 +376,37 @@ class _TreeRun:
                     if i in parents:
                         trained[i] = tensors
                     _write_full(self.hub, p, arch, {k: v[0] for k, v in tensors.items()})
+
+    def linear_probe(
+        self,
+        params: Params,
+        features,
+        task: MulticlassTask | OneVsRestTask,
+        chunk: list[int],
+        plan: list[Planned],
+        gen: torch.Generator,
+        head: str = "head",
+    ) -> Params:
+        """LP of LP-FT: train only the heads `head.*` of the stacked models on their frozen
+        backbones' features (`features(params, x)`), and return params with the trained heads.
+
+        Every model probes for the same number of steps, so `train_batched` keeps the chunk's
+        order and the frozen backbones line up with the heads."""
+        keys = [f"{head}.weight", f"{head}.bias"]
+        frozen = {k: v for k, v in params.items() if k not in keys}
+
+        def forward(p: Params, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                f = features(frozen, x)  # (M, B, feature_dim)
+            return torch.baddbmm(p[keys[1]].unsqueeze(1), f, p[keys[0]].transpose(1, 2))
+
+        hypers = [
+            Hyper(self.spec.lp_lr, 0.0, self.spec.lp_steps, h.batch_size, "cosine", h.flip,
+                  h.crop, h.seed)
+            for h in (plan[i].hyper for i in chunk)
+        ]  # fmt: skip
+        heads = train_batched({k: params[k] for k in keys}, forward, task, hypers, gen, self._step)
+        return frozen | heads
 
     def lora(self, plan: list[Planned], root: Params) -> None:
         lora = LoraMLP(self.spec.arch, rank=self.preset.lora_rank)
@@ -380,8 +427,16 @@ class _TreeRun:
             )
             task = OneVsRestTask(self.pools["train"], target, negatives)
             gen = _gen(self.seed, self.spec.tree_id, "lora", chunk[0])
+            inits = _stack(inits)
+            if self.spec.lp_steps:  # adapters start at B = 0: the features are the root's
+                m = len(chunk)
+                stacked = {k: v[None].expand(m, *v.shape) for k, v in base.items()}
+                features = functools.partial(_frozen_features, lora.base.features, stacked)
+                inits = self.linear_probe(
+                    inits, features, task, chunk, plan, gen, head=f"{lora.prefix}head"
+                )
             out = train_batched(
-                _stack(inits), forward, task, [plan[i].hyper for i in chunk], gen, self._step
+                inits, forward, task, [plan[i].hyper for i in chunk], gen, self._step
             )
             acc = balanced_accuracy(forward, out, self.pools["eval"], target, negatives)
             for j, i in enumerate(chunk):
@@ -389,6 +444,11 @@ class _TreeRun:
                 p.accuracy, p.chance = acc[j].item(), 0.5
                 _check(p)
                 _write_lora(self.hub, p, lora, {k: v[j] for k, v in out.items()})
+
+
+def _frozen_features(features, params: Params, _ignored: Params, x: torch.Tensor) -> torch.Tensor:
+    """`features` of fixed `params`, whatever params the caller passes (LoRA's probe phase)."""
+    return features(params, x)
 
 
 def generate_zoo(
@@ -439,12 +499,20 @@ def generate_zoo(
                 )
                 p.card_base_model = p.parent if p.documented else None
         _add_card_lies(plans, roots, cfg.card_lie_rate, seed)
+        jitter = ImageJitter(texture=cfg.texture)
         pools = {
-            "train": image_pool(cfg.pool_per_class, _gen(seed, "finetune-pool")),
-            "eval": image_pool(cfg.eval_per_class, _gen(seed, "eval-pool")),
+            "train": image_pool(cfg.pool_per_class, _gen(seed, "finetune-pool"), jitter),
+            "eval": image_pool(cfg.eval_per_class, _gen(seed, "eval-pool"), jitter),
             "heldout": heldout,
+            "jitter": jitter,
+            "pretrain_jitter": jitter
+            if cfg.pretrain_texture is None
+            else ImageJitter(texture=cfg.pretrain_texture),
         }
-        total = sum(t.root_steps + sum(p.hyper.steps for p in plans[t.tree_id]) for t in cfg.trees)
+        total = sum(
+            t.root_steps + sum(p.hyper.steps + p.hyper.lp_steps for p in plans[t.tree_id])
+            for t in cfg.trees
+        )
         tree_times = {}
         with tqdm(
             total=total, unit="model-step", disable=not progress, smoothing=0.05, mininterval=1.0

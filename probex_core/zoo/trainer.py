@@ -33,6 +33,7 @@ class Hyper:
     flip: bool  # random horizontal flips
     crop: bool  # random translations by up to 2 pixels (pad-and-crop)
     seed: int  # seeds the new head's initialisation
+    lp_steps: int = 0  # linear-probe steps (frozen backbone) before these `steps`
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -88,6 +89,28 @@ class MulticlassTask:
             .view(m, b)
             .mean(1)
         )
+
+
+class AttributeTask(MulticlassTask):
+    """Pretraining on another task: name the colour and the shape of an image of any class.
+
+    Logits are (colour 10 | shape 10); the target is the global class id, whose colour is
+    id // n_shapes and shape id % n_shapes (data.CLASSES order)."""
+
+    n_attr = 10
+
+    def batch(
+        self, idx: torch.Tensor, b: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, y = super().batch(idx, b, gen)
+        return cls, cls
+
+    @classmethod
+    def loss(cls, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a = cls.n_attr
+        colour = MulticlassTask.loss(logits[..., :a], y // a)
+        shape = MulticlassTask.loss(logits[..., a:], y % a)
+        return colour + shape
 
 
 class OneVsRestTask:
@@ -233,6 +256,22 @@ def multiclass_accuracy(
         logits = forward({n: v[sl] for n, v in params.items()}, x)
         out.append((logits.argmax(-1) == y).float().mean(1))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def attribute_accuracy(
+    forward: Forward, params: Params, eval_pool: torch.Tensor, chunk: int = 2000
+) -> float:
+    """Share of eval images (one model) whose colour and shape are both named right."""
+    a = AttributeTask.n_attr
+    x = eval_pool.flatten(0, 1)
+    y = torch.arange(eval_pool.shape[0]).repeat_interleave(eval_pool.shape[1])
+    right = []
+    for s in range(0, len(x), chunk):
+        logits = forward(params, x[None, s : s + chunk])[0]
+        yy = y[s : s + chunk]
+        right.append((logits[:, :a].argmax(1) == yy // a) & (logits[:, a:].argmax(1) == yy % a))
+    return torch.cat(right).float().mean().item()
 
 
 @torch.no_grad()
