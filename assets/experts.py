@@ -32,6 +32,10 @@ class ExpertTraining(dg.Config):
         description="stop after this many validations without a gain (null: never)",
     )
     seed: int = Field(default=0, description="seed for splits and training")
+    probex_init: str = Field(
+        default=pipeline.ExpertSettings.probex_init,
+        description="ridge: start ProbeX as the layer's ridge read-out; random: the paper's init",
+    )
 
     def settings(self) -> pipeline.ExpertSettings:
         return pipeline.ExpertSettings(
@@ -41,6 +45,7 @@ class ExpertTraining(dg.Config):
             patience=self.patience,
             encoder=self.encoder,
             seed=self.seed,
+            probex_init=self.probex_init,
         )
 
 

@@ -204,9 +204,16 @@ class ProbeX(WeightModel):
         self.U = nn.Parameter(torch.randn(d_W, r_U) / math.sqrt(d_W))  # probes (d_W, r_U)
         self.V = nn.Linear(d_H, r_V)  # shared projection along d_H
         self.M = nn.Linear(r_U * r_V, r_T)  # Σ_l M_l as one map
+        # the training models' mean layer X̄, subtracted from every input (set by `fit_stats`):
+        # what all members share is nuisance, and (X − X̄) U = X U − X̄ U costs one product
+        self.register_buffer("x_mean", torch.zeros(d_H, d_W))
+
+    @torch.no_grad()
+    def fit_stats(self, X: torch.Tensor) -> None:
+        self.x_mean.copy_(X.mean(0))
 
     def encode(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
-        Z = probe_responses(X, self.U)  # (N, r_U, d_H)
+        Z = probe_responses(X, self.U) - (self.x_mean @ self.U).T  # (N, r_U, d_H)
         Z = torch.relu(self.V(Z))  # (N, r_U, r_V)
         return self.M(Z.flatten(1))  # (N, r_T)
 

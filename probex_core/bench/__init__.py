@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "zoo": "probex_core.bench.zoo",
     "trees": "probex_core.bench.trees",
     "search": "probex_core.bench.search",
+    "zoo-signal": "probex_core.bench.zoo_signal",
 }
 
 

@@ -98,7 +98,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     for r in experts.itertuples():
         add(
             r.tree_id,
-            r.method if r.objective == "classify" else "probex-zeroshot",
+            r.method if r.objective == "classify" or r.method != "probex" else "probex-zeroshot",
             r.metric,
             r.value,
             r.chance,
@@ -166,7 +166,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
             chance = majority_chance(Y_doc[train_rows], torch.from_numpy(Yt))
             for method, ckpt in meta["checkpoints"].items():
-                if method == "zeroshot":
+                if method.startswith("zeroshot"):
                     continue
                 model, _ = load_expert(home.expert_dir(tree_id) / ckpt)
                 probs = predict_proba(model, X[test]).numpy()
@@ -239,6 +239,20 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                 )
         hold = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") in HOLDOUT]
         hold = [i for i in hold if set(truth[ids[i]]["training_classes"]) & set(heldout)]
+        variants = [m for m in meta["checkpoints"] if m.startswith("zeroshot-")]
+        for name in variants if len(variants) > 1 else []:  # the zero-shot heads compared
+            zs, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"][name])
+            with torch.no_grad():
+                v_emb = zs.text_embedding(X)
+            for split, rows_, names in (("test", test, classes), ("holdout", hold, heldout)):
+                if not rows_ or not names:
+                    continue
+                T = F.normalize(text_encoder(home, spec).encode(class_prompts(names)), dim=-1)
+                Yv = _multi_hot([truth[ids[i]]["training_classes"] for i in rows_], names)
+                auc, se, n_auc = ranking_auc((v_emb[rows_] @ T.T).numpy(), Yv)
+                metric = "zero_shot_ranking_auc" if split == "test" else "heldout_ranking_auc"
+                if n_auc:
+                    add(tree_id, f"probex-{name}", metric, auc, 0.5, n_auc, split, se)
         if hold and heldout:
             T = text_encoder(home, spec).encode(class_prompts(heldout))
             s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -24,13 +24,17 @@ from probex_core.pipeline.common import (
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import CachedTextEncoder, EmbeddingCache, class_prompts, get_text_encoder
 from probex_core.train import (
+    RidgeResult,
     TensorData,
-    layer_sweep,
+    TrainConfig,
+    TrainResult,
+    fit_ridge,
     load_expert,
     open_layer_stack,
     predict_proba,
     save_expert,
     train_expert,
+    warm_start_probex,
 )
 
 RESULT_COLUMNS = {
@@ -135,10 +139,13 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     objective = "single" if single_label else "classify"
     t0 = time.perf_counter()
     splits = {n: (data(n, tr), data(n, va)) for n in index["layers"]}
-    sweep = layer_sweep(
-        splits, "probex", settings.train_config(objective, sweep=True), seed=settings.seed, **hp
-    )
-    layer = sweep.best_layer
+    sweep_cfg = settings.train_config(objective, sweep=True)
+    swept = {
+        n: warm_probex(a, b, len(classes), sweep_cfg, settings, single_label)
+        for n, (a, b) in splits.items()
+    }
+    curve = {n: r.best_metric for n, (_, r) in swept.items()}
+    layer = max(curve, key=curve.__getitem__)
     train_d, val_d = splits[layer]
     d_H, d_W = train_d.shape
     chance = majority_chance(train_d.Y, val_d.Y)
@@ -178,14 +185,19 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             }
         )
 
-    models = {"probex": build_model("probex", d_H, d_W, len(classes), seed=settings.seed, **hp)}
+    ridge, probex = warm_probex(train_d, val_d, len(classes), cfg, settings, single_label)
+    trained = {"probex": probex}
+    # the paper's ProbeX, from random probes, beside the warm-started one
+    models = {
+        "probex-scratch": build_model("probex", d_H, d_W, len(classes), seed=settings.seed, **hp)
+    }
     for kind in BASELINES:
         if kind == "dense" and d_H * d_W * len(classes) > settings.dense_max_params:
             continue  # reported below as skipped
         models[kind] = build_model(kind, d_H, d_W, len(classes), seed=settings.seed)
     history = []
-    for method, model in models.items():
-        res = train_expert(model, train_d, val_d, cfg)
+    for method in ("probex", *models):
+        res = trained.get(method) or train_expert(models[method], train_d, val_d, cfg)
         path = out / f"{method}.safetensors"
         save_expert(
             path, res.model, {**meta, "method": method, "params": count_parameters(res.model)}
@@ -211,44 +223,64 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             )
         if method == "probex":
             history = res.history
+    # the closed-form ridge read-out: the warm start, and a cheap linear bar beside the experts
+    path = out / "ridge.safetensors"
+    save_expert(path, ridge.model, {**meta, "method": "ridge", "ridge_lambda": ridge.ridge})
+    checkpoints["ridge"] = path.name
+    probs = predict_proba(ridge.model, val_d).numpy()
+    record("ridge", "classify", "val_per_class_accuracy",
+           per_class_accuracy(val_d.Y.numpy(), probs), chance, path.name)  # fmt: skip
+    if single_label:
+        record("ridge", "classify", "val_top1", ridge.best_metric, 1 / len(classes), path.name)
 
     encoder = text_encoder(home, settings.encoder)
     texts = encoder.encode(class_prompts(classes))
-    zs = build_model(
-        "probex",
-        d_H,
-        d_W,
-        0,
-        text_dim=texts.shape[1],
-        seed=settings.seed,
-        zs_direction="weight_to_text",
-        **hp,
-    )
-    zs_cfg = settings.train_config("zeroshot")
-    zres = train_expert(zs, train_d, val_d, zs_cfg, text_embeddings=texts, class_names=classes)
-    path = out / "zeroshot.safetensors"
-    save_expert(
-        path, zres.model, {**meta, "method": "probex-zeroshot", "encoder_name": encoder.name}
-    )
-    checkpoints["zeroshot"] = path.name
     present = val_d.Y[:, val_d.Y.sum(0) > 0]
-    record(
-        "probex",
-        "zeroshot",
-        "val_zero_shot_top1",
-        zres.best_metric,
-        float((present.sum(1) / present.shape[1]).mean()),  # a random guess among candidates
-        path.name,
-    )
+    if single_label:  # top-1 among the candidates; a random guess is right this often
+        zs_metric, zs_chance = (
+            "val_zero_shot_top1",
+            float((present.sum(1) / present.shape[1]).mean()),
+        )
+    else:
+        zs_metric, zs_chance = "val_zero_shot_ranking_auc", 0.5
+    # one class per model: the paper's softmax head; many: the multi-label (BCE) head beside
+    # it, and the better on validation becomes the tree's zero-shot expert
+    losses = ("softmax",) if single_label else ("softmax", "bce")
+    zs_runs = {}
+    for loss in losses:
+        zs = build_model(
+            "probex", d_H, d_W, 0, text_dim=texts.shape[1], seed=settings.seed,
+            zs_direction="weight_to_text", **hp,
+        )  # fmt: skip
+        # the classifier's encoder: its representation already holds the classes linearly
+        zs.load_state_dict(encoder_state(probex.model), strict=False)
+        zs_cfg = replace(settings.train_config("zeroshot"), zs_loss=loss)
+        zs_runs[loss] = train_expert(
+            zs, train_d, val_d, zs_cfg, text_embeddings=texts, class_names=classes
+        )
+        path = out / f"zeroshot-{loss}.safetensors"
+        save_expert(
+            path,
+            zs_runs[loss].model,
+            {**meta, "method": f"probex-zeroshot-{loss}", "encoder_name": encoder.name},
+        )
+        checkpoints[f"zeroshot-{loss}"] = path.name
+        record(f"probex-zeroshot-{loss}", "zeroshot", zs_metric, zs_runs[loss].best_metric,
+               zs_chance, path.name)  # fmt: skip
+    chosen = max(losses, key=lambda k: zs_runs[k].best_metric)
+    checkpoints["zeroshot"] = checkpoints[f"zeroshot-{chosen}"]
+    record("probex", "zeroshot", zs_metric, zs_runs[chosen].best_metric, zs_chance,
+           checkpoints["zeroshot"])  # fmt: skip
 
     meta.update(
         {
             "checkpoints": checkpoints,
-            "sweep": sweep.curve,
+            "sweep": curve,
             "seconds": time.perf_counter() - t0,
             "train_repos": [repo_ids[rows[i]] for i in tr],
             "val_repos": [repo_ids[rows[i]] for i in va],
             "single_label": single_label,
+            "zero_shot_loss": chosen,
         }
     )
     atomic_write_json(out / "meta.json", meta)
@@ -260,7 +292,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
         frame(
             [
                 {"tree_id": tree_id, "layer": n, "method": "probex", "val_metric": v}
-                for n, v in sweep.curve.items()
+                for n, v in curve.items()
             ],
             SWEEP_COLUMNS,
         ),
@@ -282,9 +314,35 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             "notes": "; ".join(skipped) or "none",
         },
         tables={"results": res_df[["method", "objective", "metric", "value", "chance"]]},
-        plots={"layer sweep and validation curve": _plot(tree_id, sweep.curve, history)},
+        plots={"layer sweep and validation curve": _plot(tree_id, curve, history)},
         data_version=digest(version, res_df.value.round(6).tolist()),
     )
+
+
+def warm_probex(
+    train: TensorData,
+    val: TensorData,
+    n_classes: int,
+    cfg: TrainConfig,
+    settings: ExpertSettings,
+    single_label: bool,
+) -> tuple[RidgeResult, TrainResult]:
+    """The ridge read-out of one layer, and the ProbeX expert warm-started from it and trained
+    (`warm_start_probex`; random probes with `settings.probex_init == "random"`)."""
+    ridge = fit_ridge(train, val, single=single_label)
+    d_H, d_W = train.shape
+    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
+    model = build_model("probex", d_H, d_W, n_classes, seed=settings.seed, **hp)
+    if settings.probex_init == "ridge":
+        warm_start_probex(model, ridge.model, train)
+    return ridge, train_expert(model, train, val, cfg)
+
+
+def encoder_state(model) -> dict[str, torch.Tensor]:
+    """A ProbeX's encoder weights (probes, projections, training mean), without its heads."""
+    return {
+        k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "zero_shot."))
+    }
 
 
 def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings) -> StepReport:
@@ -336,7 +394,7 @@ def verify_experts(home: Home, tree_id: str) -> tuple[list[str], dict]:
     # one class per model (LoRA-style trees): per-class accuracy is ~1 for any all-negative
     # guess, so the gate reads top-1 instead
     gated = ("val_top1",) if meta.get("single_label") else ("val_per_class_accuracy",)
-    for metric in (*gated, "val_zero_shot_top1"):
+    for metric in (*gated, "val_zero_shot_top1", "val_zero_shot_ranking_auc"):
         r = res[res.metric == metric]
         if r.empty:
             continue

@@ -59,25 +59,53 @@ def candidate_layers(
 
 
 def layer_transform(X: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-    """What experts read: each model's change from the tree's root, scaled to unit RMS.
+    """What experts read: each model's change from its reference, scaled to unit RMS.
 
-    Inside a tree the root is shared nuisance, and the size of a fine-tune's change mostly
-    follows its learning rate and steps; the direction of the change is what carries the
-    task. (LoRA layers are already changes: they are only rescaled.) A model equal to the
-    reference stays zero.
+    Inside a tree the ancestors are shared nuisance, and the size of a fine-tune's change
+    mostly follows its learning rate and steps; the direction of the change is what carries
+    the task. `reference` is one matrix (d_H, d_W) for all, one per model (N, d_H, d_W), or
+    None for LoRA layers, which are already changes and are only rescaled. A model equal to
+    its reference stays zero.
     """
     D = X if reference is None else X - reference
     rms = D.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
     return D / rms.view(-1, *([1] * (D.dim() - 1)))
 
 
+def nearest_reference(X: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """For models X (N, d_H, d_W) not in the catalog, the reference each would have had: the
+    nearest of a tree's references (its root and every recovered parent) — a fine-tune
+    lies closest to the model it was tuned from (MoTHer's premise) -> (N, d_H, d_W)."""
+    dist = torch.cdist(X.flatten(1), references.flatten(1))  # (N, R)
+    return references[dist.argmin(1)]
+
+
+def member_references(
+    repo_ids: list[str], parents: dict[str, str | None], root_id: str | None
+) -> tuple[list[str], list[int]]:
+    """(reference repo ids — the root first, then every member that is another's recovered
+    parent — and, per member, the position of its reference in that list).
+
+    Measuring each model from its recovered parent rather than the root leaves only its own
+    fine-tune in the layer: in a multi-level tree a grandchild's change from the root also
+    holds its parent's training (default zoo mlp-b, ridge read-out of fc2: 0.705 from the
+    root, 0.826 from the true parent). The root is its own reference (a zero change)."""
+    members = set(repo_ids)
+    refs = [root_id] + sorted(
+        {p for r, p in parents.items() if p in members and p != root_id and r in members}
+    )
+    pos = {r: j for j, r in enumerate(refs)}
+    return refs, [pos.get(parents.get(r), 0) if r != root_id else 0 for r in repo_ids]
+
+
 def load_reference(home: Home, tree_id: str, layer: str) -> torch.Tensor | None:
-    """The root's matrix of a layer (None for LoRA trees, whose layers are already ΔW)."""
+    """A tree's reference matrices of a layer (R, d_H, d_W), the root first; None for LoRA
+    trees, whose layers are already ΔW."""
     path = home.layer_dir(tree_id) / f"{layer}.reference.safetensors"
     if not path.is_file():
         return None
     with open_layer_stack(path) as stack:
-        return stack.read([0])[0]
+        return stack.read(slice(0, len(stack)))
 
 
 def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int = 6) -> StepReport:
@@ -85,8 +113,12 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
     ids = tree_members(home, tree_id)
     recs = [records[i] for i in ids]
     members = read_table(home, "tree_members")
-    root = members.loc[(members.tree_id == tree_id) & members.is_root.astype(bool), "repo_id"]
+    mine = members[members.tree_id == tree_id]
+    root = mine.loc[mine.is_root.astype(bool), "repo_id"]
     root_id = root.iloc[0] if len(root) else None
+    parents = {
+        r.repo_id: (r.parent if isinstance(r.parent, str) else None) for r in mine.itertuples()
+    }
     # A LoRA tree's root is the full base model; its members' layers are the adapters' ΔW.
     lora = any(r.kind == "lora" for r in recs)
     if lora:
@@ -104,12 +136,15 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
     out = home.layer_dir(tree_id)
     out.mkdir(parents=True, exist_ok=True)
     repo_ids = [r.repo_id for r in recs]
+    relative = not lora and root_id in repo_ids
+    ref_ids, ref_of = member_references(repo_ids, parents, root_id) if relative else ([], [])
     for n, mats in stacks.items():
         X = torch.stack(mats)
         reference = None
-        if not lora and root_id in repo_ids:
-            reference = X[repo_ids.index(root_id)]
-            write_layer_stack(out / f"{n}.reference.safetensors", [root_id], reference[None])
+        if relative:
+            R = X[[repo_ids.index(r) for r in ref_ids]]
+            write_layer_stack(out / f"{n}.reference.safetensors", ref_ids, R)
+            reference = R[ref_of]
         write_layer_stack(out / f"{n}.safetensors", repo_ids, layer_transform(X, reference))
     version = tree_version(home, tree_id)
     atomic_write_json(
@@ -119,8 +154,9 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
             "repo_ids": repo_ids,
             "version": version,
             "layers": {n: list(s) for n, s in layers.items()},
-            "reference": None if lora else root_id,
-            "transform": "unit_rms" if lora else "delta_from_root_unit_rms",
+            "reference": root_id if relative else None,
+            "references": ref_ids,
+            "transform": "delta_from_parent_unit_rms" if relative else "unit_rms",
         },
     )
     return StepReport(
@@ -128,6 +164,7 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
             "tree_id": tree_id,
             "models": len(repo_ids),
             "layers": len(layers),
+            "references": len(ref_ids),
             "layer_shapes": json.dumps({n: list(s) for n, s in layers.items()}),
         },
         data_version=version,

@@ -14,11 +14,16 @@ from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, load_sql, query, read_table
 from probex_core.hub import LocalHubSource, RepoRecord, make_source
 from probex_core.pipeline.experts import is_list, load_meta, text_encoder
-from probex_core.pipeline.layers import layer_transform, load_reference
+from probex_core.pipeline.layers import (
+    layer_transform,
+    load_layer_index,
+    load_reference,
+    nearest_reference,
+)
 from probex_core.pipeline.predict import text_space
 from probex_core.pipeline.recover import weight_records
 from probex_core.text import class_prompts
-from probex_core.train import load_expert, predict_proba
+from probex_core.train import load_expert, open_layer_stack, predict_proba
 
 
 def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
@@ -100,8 +105,15 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
     if spec is None:
         pred.route_reason = f"model lacks the expert's layer {meta['layer']}"
         return pred
-    X = assemble_layer(spec, source.read_tensors(record, spec.tensors))[None]
-    X = layer_transform(X, load_reference(home, res.tree_id, meta["layer"]))
+    index = load_layer_index(home, res.tree_id)
+    if record.repo_id in index["repo_ids"]:  # a member: its layer as the experts read it
+        path = home.layer_dir(res.tree_id) / f"{meta['layer']}.safetensors"
+        with open_layer_stack(path) as stack:
+            X = stack.read([index["repo_ids"].index(record.repo_id)])
+    else:  # never seen: measured from the nearest of the tree's references
+        X = assemble_layer(spec, source.read_tensors(record, spec.tensors))[None]
+        refs = load_reference(home, res.tree_id, meta["layer"])
+        X = layer_transform(X, None if refs is None else nearest_reference(X, refs))
     clf, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["probex"])
     zs, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["zeroshot"])
     probs = predict_proba(clf, X)[0]
