@@ -359,6 +359,8 @@ def train_expert(
         seen = torch.nonzero(train.Y.sum(0) > 0).flatten()
     elif cfg.objective not in ("classify", "single"):
         raise ValueError(f"unknown objective {cfg.objective!r}")
+    if cfg.zs_loss not in ("softmax", "bce"):
+        raise ValueError(f"unknown zero-shot loss {cfg.zs_loss!r}; choose softmax or bce")
 
     if hasattr(model, "fit_stats"):
         model.fit_stats(train.head(2048))

@@ -328,3 +328,17 @@ def test_warm_started_probex_starts_as_the_ridge_read_out(splits) -> None:
     assert _test_accuracy(small, te) >= 0.75
     with pytest.raises(ValueError):
         warm_start_probex(build_model("dense", 32, 48, 8), ridge.model, tr)
+
+
+def test_unknown_zero_shot_loss_and_probex_init_are_refused(splits) -> None:
+    from probex_core.pipeline.common import ExpertSettings
+
+    with pytest.raises(ValueError, match="zero-shot loss"):
+        train_expert(
+            build_model("probex", 32, 48, 8, **PROBEX),
+            splits["train"],
+            splits["val"],
+            TrainConfig(epochs=1, zs_loss="hinge"),
+        )
+    with pytest.raises(ValueError, match="probex_init"):
+        ExpertSettings(probex_init="zeros")

@@ -57,6 +57,10 @@ class ExpertSettings:
     # paper's random probes (always trained beside it as "probex-scratch")
     probex_init: str = "ridge"
 
+    def __post_init__(self) -> None:
+        if self.probex_init not in ("ridge", "random"):
+            raise ValueError(f"probex_init must be 'ridge' or 'random', not {self.probex_init!r}")
+
     def train_config(self, objective: str, sweep: bool = False) -> TrainConfig:
         """How one expert (or, with `sweep`, one candidate layer of the sweep) is trained."""
         return TrainConfig(
