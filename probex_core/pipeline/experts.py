@@ -185,7 +185,9 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             }
         )
 
-    ridge, probex = warm_probex(train_d, val_d, len(classes), cfg, settings, single_label)
+    ridge, probex = warm_probex(
+        train_d, val_d, len(classes), cfg, settings, single_label, ridge=swept[layer][0]
+    )
     trained = {"probex": probex}
     # the paper's ProbeX, from random probes, beside the warm-started one
     models = {
@@ -326,10 +328,12 @@ def warm_probex(
     cfg: TrainConfig,
     settings: ExpertSettings,
     single_label: bool,
+    ridge: RidgeResult | None = None,
 ) -> tuple[RidgeResult, TrainResult]:
-    """The ridge read-out of one layer, and the ProbeX expert warm-started from it and trained
-    (`warm_start_probex`; random probes with `settings.probex_init == "random"`)."""
-    ridge = fit_ridge(train, val, single=single_label)
+    """The ridge read-out of one layer (fitted unless given, e.g. by the layer sweep), and the
+    ProbeX expert warm-started from it and trained (`warm_start_probex`; random probes with
+    `settings.probex_init == "random"`)."""
+    ridge = ridge or fit_ridge(train, val, single=single_label)
     d_H, d_W = train.shape
     hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
     model = build_model("probex", d_H, d_W, n_classes, seed=settings.seed, **hp)

@@ -7,6 +7,7 @@ from an explicit generator, so a seed fixes every pixel.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -105,10 +106,12 @@ class ImageJitter:
 TEXTURE_SEED = 20261129  # class patterns are fixed for every zoo and seed (part of the data)
 
 
+@functools.cache
 def _class_textures() -> torch.Tensor:
     """Per class two oriented gratings in object coordinates: (n_classes, 2, 4) rows of
     (frequency, cos θ, sin θ, phase). A fixed generator, so a class looks the same in every
-    zoo: its pattern is part of what "red star" is, the way a CIFAR class has its own look."""
+    zoo: its pattern is part of what "red star" is, the way a CIFAR class has its own look.
+    Drawn once per process (every render call asks); callers index it, never write to it."""
     g = torch.Generator().manual_seed(TEXTURE_SEED)
     n = len(CLASSES)
     freq = torch.empty(n, 2).uniform_(2.0, 5.0, generator=g)

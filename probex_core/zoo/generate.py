@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from probex_core.zoo.archs import CNN, MLP, LoraMLP, Params, ViT, new_head
+from probex_core.zoo.archs import CNN, MLP, LoraMLP, Params, ViT, linear, new_head
 from probex_core.zoo.data import CLASSES, ImageJitter, heldout_classes, image_pool
 from probex_core.zoo.presets import PRESETS, TreeSpec, ZooPreset
 from probex_core.zoo.trainer import (
@@ -398,7 +398,7 @@ class _TreeRun:
         def forward(p: Params, x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 f = features(frozen, x)  # (M, B, feature_dim)
-            return torch.baddbmm(p[keys[1]].unsqueeze(1), f, p[keys[0]].transpose(1, 2))
+            return linear(f, p, head)
 
         hypers = [
             Hyper(self.spec.lp_lr, 0.0, self.spec.lp_steps, h.batch_size, "cosine", h.flip,
