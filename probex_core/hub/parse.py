@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from probex_core.hub.records import RepoError, RepoRecord, TensorInfo
+from probex_core.classnames import class_name
+from probex_core.hub.records import EVAL_SPLITS, RepoError, RepoRecord, TensorInfo
 from probex_core.hub.safetensors_io import ParsedHeader
 
 MAX_TEXT_BYTES = 10 * 1024 * 1024  # README / config size limit
@@ -194,7 +195,7 @@ def decode_metadata(repo_id: str, path: str, raw: Mapping[str, str]) -> dict[str
 
 def _class_list(repo_id: str, path: str, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, list) and value and all(isinstance(v, str | int) for v in value):
-        return tuple(str(v) for v in value)
+        return tuple(class_name(str(v)) for v in value)
     raise RepoError(repo_id, path, f"{key!r} is not a non-empty list of class names")
 
 
@@ -204,7 +205,8 @@ def training_classes(
     """Documented training labels, from the weights' metadata first, then the card.
 
     Keys: "training_classes" (the built-in zoo), "dataset_chosen_targets" (Model-J), and
-    "imagenet_class_id" (Model-J LoRA: one WordNet id per model).
+    "imagenet_class_id" (Model-J LoRA: one WordNet id per model). Labels are stored as
+    readable names (`classnames.class_name`): "American lobster", not "n01983481".
     """
     for key in ("training_classes", "dataset_chosen_targets"):
         if key in metadata:
@@ -214,7 +216,7 @@ def training_classes(
         if isinstance(value, list):
             return _class_list(repo_id, weights_file, "imagenet_class_id", value)
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-            return (str(value),)
+            return (class_name(str(value)),)
         raise RepoError(repo_id, weights_file, "'imagenet_class_id' is not a class id")
     if "training_classes" in card:
         return _class_list(repo_id, CARD_FILE, "training_classes", card["training_classes"])
@@ -311,6 +313,9 @@ def build_record(
     meta_path = weights_file if weights_file in headers else sorted(headers)[0]
     metadata = decode_metadata(repo_id, meta_path, raw_meta)
     classes = training_classes(repo_id, meta_path, metadata, card)
+    withheld = None
+    if split in EVAL_SPLITS and classes:  # the paper's protocol: test labels only score
+        classes, withheld = None, classes
     bases, relation = base_models(card, config)
     texts = {CARD_FILE: card_text, config_file or "config": config_text}
     return RepoRecord(
@@ -333,6 +338,7 @@ def build_record(
         ),
         revision=revision,
         split=split,
+        withheld_classes=withheld,
         location=location,
         extra=dict(extra or {}),
     )

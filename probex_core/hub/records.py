@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+EVAL_SPLITS = ("test", "val_holdout", "test_holdout")  # declared splits scored, never trained on
+
 
 class RepoError(Exception):
     """A repo that cannot be used, with the file at fault and why.
@@ -69,7 +71,10 @@ class RepoRecord:
     signature: str  # sha1 of sorted (name, shape, dtype): same architecture, same signature
     fingerprint: str  # sha256 of headers, file sizes, card and config: changes with the repo
     revision: str | None = None  # commit the record was read at (cache snapshot, hub sha)
-    split: str | None = None  # Model-J LoRA split (train, val, test, val_holdout, ...)
+    split: str | None = None  # split the hub declares (Model-J: train, val, test, val_holdout, ...)
+    # labels of a model in an evaluation split (EVAL_SPLITS): ground truth for `evaluations`
+    # only; such a model is undocumented to every other stage, so no expert learns from it
+    withheld_classes: tuple[str, ...] | None = None
     location: str = ""  # where the source finds the files again (relative dir or hub id)
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific notes (e.g. subset)
 

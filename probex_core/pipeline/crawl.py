@@ -24,6 +24,7 @@ REPO_COLUMNS = {
     "n_tensors": "int",
     "n_params": "int",
     "split": "str",
+    "withheld_classes": "object",
 }
 REJECTED_COLUMNS = {"repo_id": "str", "path": "str", "reason": "str"}
 
@@ -45,8 +46,9 @@ def _record_from_json(d: dict) -> RepoRecord:
     }
     for key in ("files", "base_model"):
         d[key] = tuple(d[key])
-    if d.get("training_classes") is not None:
-        d["training_classes"] = tuple(d["training_classes"])
+    for key in ("training_classes", "withheld_classes"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
     return RepoRecord(**d)
 
 
@@ -87,6 +89,7 @@ def crawl(home: Home, source: HubSource) -> StepReport:
             "n_tensors": len(r.tensors),
             "n_params": _n_params(r),
             "split": r.split,
+            "withheld_classes": list(r.withheld_classes) if r.withheld_classes else None,
         }
         for r in records
     ]
@@ -103,7 +106,10 @@ def crawl(home: Home, source: HubSource) -> StepReport:
             "signatures": int(repos.signature.nunique()) if len(repos) else 0,
             **{f"kind_{k}": int(v) for k, v in kinds.items()},
         },
-        tables={"rejected_repos": rej, "sample": repos.drop(columns=["training_classes"]).head(10)},
+        tables={
+            "rejected_repos": rej,
+            "sample": repos.drop(columns=["training_classes", "withheld_classes"]).head(10),
+        },
         data_version=digest(sorted(r.fingerprint for r in records)),
     )
 
