@@ -149,8 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from probex_core.errors import UserError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"probex: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from orchestration.definitions import ASSET_MODULES
 from orchestration.resources import make_resources
 from probex_core import pipeline
 from probex_core.catalog import Home, query
+from probex_core.errors import UserError
+from probex_core.hub import describe_hub, make_source
 
 
 def instance_for(home: Home) -> dg.DagsterInstance:
@@ -68,9 +70,12 @@ def run_all(
         checks.extend(result.get_asset_check_evaluations())
 
     t = _step(1, 4, f"crawl {hub_spec} and recover trees")
+    print(f"      {describe_hub(hub_spec, make_source(hub_spec))}", flush=True)
     materialize(selection=[hub_repos, model_trees])
     repos = query_or_empty(home, "SELECT count(*) AS n FROM raw_repos")
     print(f"      {repos} repos crawled in {time.perf_counter() - t:.1f}s", flush=True)
+    for line in split_report(home):
+        print(f"      {line}", flush=True)
 
     plan = pipeline.stale_trees(home)
     targets = list(plan.wanted) if force else plan.stale
@@ -103,6 +108,33 @@ def run_all(
         "seconds": time.perf_counter() - started,
         "checks": {f"{c.asset_key.to_user_string()}:{c.check_name}": c.passed for c in checks},
     }
+
+
+def split_report(home: Home) -> list[str]:
+    """Lines on the splits a hub declares: how many models each holds and how many of them
+    carry labels. A UserError when the hub declares splits and its train split has none:
+    no expert could learn. An evaluation split without labels is said, not fatal."""
+    from probex_core.catalog import read_table
+    from probex_core.hub.records import EVAL_SPLITS
+    from probex_core.pipeline.experts import is_list
+
+    repos = read_table(home, "repos")
+    declared = repos[repos.split.notna()] if "split" in repos.columns else repos.iloc[:0]
+    if declared.empty:
+        return []
+    lines = []
+    for split, rows in declared.groupby("split", sort=True):
+        labels = rows.withheld_classes if split in EVAL_SPLITS else rows.training_classes
+        n_lab = int(labels.map(lambda v: is_list(v) and len(v) > 0).sum())
+        lines.append(f"split {split}: {len(rows):,} models, {n_lab:,} with labels")
+        if n_lab == 0 and split == "train":
+            raise UserError(
+                f"split 'train' has no labels: none of its {len(rows):,} models declares its "
+                "classes (dataset_chosen_targets, imagenet_class_id or training_classes)"
+            )
+        if n_lab == 0 and split in EVAL_SPLITS:
+            lines.append(f"split {split} has no labels: it is predicted but cannot be scored")
+    return lines
 
 
 def query_or_empty(home: Home, sql: str) -> object:

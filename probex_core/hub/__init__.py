@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 
 from probex_core.canon import assemble_layer, find_layers
-from probex_core.hub.hf_cache import HFCacheSource
+from probex_core.errors import UserError
+from probex_core.hub.hf_cache import HFCacheSource, looks_like_cache, modelj_download_dir
 from probex_core.hub.local import DirectorySource, LocalHubSource
 from probex_core.hub.records import HubSource, Rejected, RepoError, RepoRecord, TensorInfo
 
@@ -33,6 +34,7 @@ __all__ = [
     "RepoRecord",
     "TensorInfo",
     "crawl_all",
+    "describe_hub",
     "make_source",
     "read_layer",
 ]
@@ -84,8 +86,11 @@ def make_source(spec: str | Path) -> HubSource:
     """Choose a source from one string: the single place the environment is decided.
 
     - "DIR" (or a Path): a local hub directory; a zoo output dir (with manifest.json and
-      hub/) resolves to its hub/;
+      hub/) resolves to its hub/; a Hugging Face cache or a Model-J download (per-split
+      caches, bare LoRA split folders; SCIENCE.md §7) is recognised without a prefix;
     - "hf-cache:DIR": a Hugging Face cache directory (the `hub` folder or HF_HOME);
+    - "modelj:SUBSET": a Model-J subset where the official script downloads it without
+      `--output_dir` ("modelj:" alone: every subset found there);
     - "hf:ENDPOINT?filter=TAG&author=ORG&search=TEXT&base_model=ORG/NAME&limit=N": the Hub
       API ("hf:" alone means https://huggingface.co); filter may repeat. The token comes from
       the usual huggingface_hub configuration (HF_TOKEN), never from the spec string.
@@ -94,6 +99,8 @@ def make_source(spec: str | Path) -> HubSource:
         return _local(spec)
     if spec.startswith("hf-cache:"):
         return HFCacheSource(Path(spec[len("hf-cache:") :]).expanduser())
+    if spec.startswith("modelj:"):
+        return HFCacheSource(modelj_download_dir(spec[len("modelj:") :]))
     if spec.startswith("hf:"):
         from probex_core.hub.api import HubApiSource
 
@@ -116,9 +123,35 @@ def make_source(spec: str | Path) -> HubSource:
     return _local(Path(spec).expanduser())
 
 
-def _local(path: Path) -> LocalHubSource:
+LAYOUTS = (
+    "<org>/<name>/ repo folders, a Hugging Face cache (models--*), or a Model-J download "
+    "({split}/models--* caches or {split}/model_idx_N/ LoRA folders)"
+)
+
+
+def describe_hub(spec: str, source: HubSource) -> str:
+    """One line on what a directory hub holds; a UserError when there is nothing to read.
+
+    Sources that list over the network (the Hub API) are not listed twice: they get a line
+    naming the source only.
+    """
+    if not isinstance(source, DirectorySource):
+        return f"{source.name} hub {spec}"
+    if not source.root.exists():
+        raise UserError(f"hub not found: {source.root}")
+    if not source.root.is_dir():
+        raise UserError(f"hub is not a directory: {source.root}")
+    n = sum(1 for _ in source.list_repos())
+    if n == 0:
+        raise UserError(f"no repos found under {source.root}: expected {LAYOUTS}")
+    return source.describe() if isinstance(source, HFCacheSource) else f"hub directory: {n:,} repos"
+
+
+def _local(path: Path) -> HubSource:
     if (path / "hub").is_dir() and (path / "manifest.json").is_file():
-        path = path / "hub"
+        return LocalHubSource(path / "hub")
+    if path.is_dir() and looks_like_cache(path):
+        return HFCacheSource(path)
     return LocalHubSource(path)
 
 
