@@ -35,7 +35,7 @@ class HubSourceResource(dg.ConfigurableResource):
     spec: str = Field(default_factory=default_hub, description="hub source spec")
     ground_truth: str | None = Field(
         default=None,
-        description="manifest.json with ground truth for evaluation only; default: beside a zoo hub",
+        description="manifest.json with ground truth for evaluation only; default: the zoo's own",
     )
 
     def source(self):
@@ -44,10 +44,17 @@ class HubSourceResource(dg.ConfigurableResource):
         return make_source(self.spec)
 
     def manifest_path(self) -> Path | None:
+        """The ground truth given, else a zoo's manifest.json: inside the folder given as the
+        hub (`probex zoo generate --out DIR`, then `--hub DIR`) or beside its `hub/`."""
         if self.ground_truth:
             return Path(self.ground_truth)
-        candidate = Path(self.spec).parent / "manifest.json"
-        return candidate if candidate.is_file() else None
+        if ":" in self.spec.split("/")[0]:  # hf-cache:, hf:, modelj: hold no zoo manifest
+            return None
+        hub = Path(self.spec).expanduser()
+        for candidate in (hub / "manifest.json", hub.parent / "manifest.json"):
+            if candidate.is_file():
+                return candidate
+        return None
 
 
 def make_resources(home: str | None = None, hub: str | None = None) -> dict:

@@ -14,12 +14,12 @@ from probex_core.train import TrainConfig
 # Bump a step's version when its output for the same input changes: every partition of that
 # asset (and what depends on it) becomes stale.
 CODE_VERSIONS: dict[str, str] = {
-    "hub_repos": "1",
-    "model_trees": "2",
+    "hub_repos": "2",
+    "model_trees": "3",
     "tree_layers": "2",
-    "tree_experts": "5",
+    "tree_experts": "6",
     "model_predictions": "3",
-    "evaluations": "6",
+    "evaluations": "7",
 }
 
 

@@ -1,8 +1,11 @@
-"""Step 6: scores against ground truth (a zoo manifest), per tree and method.
+"""Step 6: scores against ground truth, per tree and method.
 
-Only this step reads ground truth. Experts learned from documented models; they are scored
-on the undocumented ones: in-distribution (split "test") and held-out classes (the holdout
-splits, whose classes no documented model was trained on).
+Only this step reads ground truth: a zoo's manifest, or else the labels a hub declares for
+its evaluation splits (Model-J's test models carry `dataset_chosen_targets`; the crawl
+withholds them from every other stage). Experts learned from documented models; they are
+scored on the others: in-distribution (split "test") and held-out classes (the holdout
+splits, whose classes no documented model was trained on). Tree recovery and routing are
+scored only against a manifest, which alone knows the true trees.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from probex_core.metrics import (
     topk_chance,
 )
 from probex_core.pipeline.common import StepReport, frame, png
-from probex_core.pipeline.experts import load_meta, majority_chance, text_encoder, tree_labels
+from probex_core.pipeline.experts import (
+    is_list,
+    load_meta,
+    majority_chance,
+    text_encoder,
+    tree_labels,
+)
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import class_prompts
 from probex_core.train import load_expert, open_layer_stack, predict_proba
@@ -77,6 +86,23 @@ def _multi_hot(class_lists: list[list[str]], classes: list[str]) -> np.ndarray:
     return Y
 
 
+def hub_truth(home: Home) -> tuple[dict[str, dict], list[str]]:
+    """Ground truth a hub declares: every model of an evaluation split with its withheld
+    labels, and the held-out classes (those of the holdout splits that no documented model
+    was trained on)."""
+    repos = read_table(home, "repos")
+    if "withheld_classes" not in repos.columns:
+        return {}, []
+    truth = {
+        r.repo_id: {"split": r.split, "training_classes": list(r.withheld_classes)}
+        for r in repos.itertuples()
+        if isinstance(r.split, str) and is_list(r.withheld_classes) and len(r.withheld_classes)
+    }
+    seen = {c for cs in repos.training_classes if is_list(cs) for c in cs}
+    held = {c for m in truth.values() if m["split"] in HOLDOUT for c in m["training_classes"]}
+    return truth, sorted(held - seen)
+
+
 def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     rows: list[dict] = []
 
@@ -105,7 +131,15 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             r.n_val,
             "val",
         )
-    if manifest_path is None:
+    manifest = json.loads(Path(manifest_path).read_text()) if manifest_path else None
+    if manifest is not None:
+        truth = {m["repo_id"]: m for m in manifest["models"]}
+        heldout = list(manifest.get("heldout_classes", []))
+        source = str(manifest_path)
+    else:
+        truth, heldout = hub_truth(home)
+        source = "hub labels of its evaluation splits"
+    if not truth:
         df = frame(rows, EVAL_COLUMNS)
         write_table(home, "evaluation_rows", df)
         refresh_views(home)
@@ -113,23 +147,21 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             summary={"ground_truth": "none", "rows": len(df)}, tables={"evaluations": df}
         )
 
-    manifest = json.loads(Path(manifest_path).read_text())
-    truth = {m["repo_id"]: m for m in manifest["models"]}
-    heldout = list(manifest.get("heldout_classes", []))
-
-    scores = score_recovery(
-        _recovery_from_tables(home),
-        {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.items()},
-    )
-    for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
-        add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
-    for tt, s in scores["per_tree"].items():
-        add(tt, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
+    scores = {}
+    if manifest is not None:
+        scores = score_recovery(
+            _recovery_from_tables(home),
+            {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.items()},
+        )
+        for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
+            add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
+        for tt, s in scores["per_tree"].items():
+            add(tt, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
 
     routes = read_table(home, "routes").set_index("repo_id")
     summary = read_table(home, "tree_summary").set_index("tree_id")
-    true_root = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]}
-    for split in ("test", *HOLDOUT):
+    true_root = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]} if manifest else {}
+    for split in ("test", *HOLDOUT) if manifest else ():
         ids = [r for r, m in truth.items() if m["split"] == split and r in routes.index]
         if ids:
             ok = [
@@ -323,10 +355,16 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     refresh_views(home)
     return StepReport(
         summary={
-            "ground_truth": str(manifest_path),
+            "ground_truth": source,
             "rows": len(df),
-            "tree_ari": round(scores["ari"], 4),
-            "edge_accuracy": round(scores["edge_accuracy"], 4),
+            **(
+                {
+                    "tree_ari": round(scores["ari"], 4),
+                    "edge_accuracy": round(scores["edge_accuracy"], 4),
+                }
+                if scores
+                else {}
+            ),
         },
         tables={"evaluations": df},
         plots={"test accuracy per tree and method": _plot(df)}

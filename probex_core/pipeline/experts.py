@@ -76,6 +76,23 @@ def split_documented(
     return sorted(keyed[n_val:]), sorted(keyed[:n_val])
 
 
+def split_members(
+    repo_ids: list[str], declared: list[str | None], val_fraction: float, seed: int
+) -> tuple[list[int], list[int], str]:
+    """Train/val rows of the documented members, and where the split came from.
+
+    A hub that declares splits (Model-J) is followed: "val" models validate, the rest train
+    ("hub"). Without a declared "val" split, a stable hash of (seed, repo id) holds out
+    `val_fraction` ("hash"). Evaluation splits never get here: their labels are withheld at
+    the crawl (`RepoRecord.withheld_classes`).
+    """
+    val = [i for i, s in enumerate(declared) if s == "val"]
+    if val and len(val) < len(repo_ids):
+        return [i for i, s in enumerate(declared) if s != "val"], val, "hub"
+    tr, va = split_documented(repo_ids, val_fraction, seed)
+    return tr, va, "hash"
+
+
 def tree_labels(home: Home, repo_ids: list[str]) -> tuple[list[str], list[int], torch.Tensor]:
     """Class list of the tree, the member rows that are documented (roots excluded), and Y."""
     repos = read_table(home, "repos").set_index("repo_id")
@@ -127,7 +144,14 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     classes, rows, Y = tree_labels(home, repo_ids)
     if len(rows) < settings.min_documented or not classes:
         return skip_tree(home, tree_id, index, len(rows), settings)
-    tr, va = split_documented([repo_ids[i] for i in rows], settings.val_fraction, settings.seed)
+    declared = read_table(home, "repos").set_index("repo_id").split
+    labelled_ids = [repo_ids[i] for i in rows]
+    tr, va, split_from = split_members(
+        labelled_ids,
+        [declared.get(r) if isinstance(declared.get(r), str) else None for r in labelled_ids],
+        settings.val_fraction,
+        settings.seed,
+    )
     ldir = home.layer_dir(tree_id)
 
     def data(layer: str, idx: list[int]) -> TensorData:
@@ -279,6 +303,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             "checkpoints": checkpoints,
             "sweep": curve,
             "seconds": time.perf_counter() - t0,
+            "split_from": split_from,
             "train_repos": [repo_ids[rows[i]] for i in tr],
             "val_repos": [repo_ids[rows[i]] for i in va],
             "single_label": single_label,
