@@ -10,6 +10,7 @@ from orchestration.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
 from probex_core.quality import validate
+from probex_core.trees import ABSENT
 
 
 @dg.asset(
@@ -37,13 +38,17 @@ def model_trees(
 
 
 @dg.asset_check(
-    asset=model_trees, description="every crawled repo has exactly one tree; one root per tree"
+    asset=model_trees,
+    description="every crawled repo has exactly one tree; one root per tree (none when the "
+    "root is absent from the hub: adapters of a missing base)",
 )
 def model_trees_complete(probex_home: ProbexHome) -> dg.AssetCheckResult:
     home = probex_home.get()
     members = read_table(home, "tree_members")
     n_repos = len(read_table(home, "repos"))
     roots = members[members.is_root].groupby("tree_id").size()
+    summary = read_table(home, "tree_summary").set_index("tree_id")
+    want = {t: 0 if str(r).startswith(ABSENT) else 1 for t, r in summary.root_repo.items()}
     report = validate(
         members,
         "model_trees",
@@ -54,7 +59,9 @@ def model_trees_complete(probex_home: ProbexHome) -> dg.AssetCheckResult:
             gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
         ],
     )
-    one_root = bool((roots == 1).all()) and len(roots) == members.tree_id.nunique()
+    one_root = set(want) == set(members.tree_id) and all(
+        int(roots.get(t, 0)) == n for t, n in want.items()
+    )
     return dg.AssetCheckResult(
         passed=report.success and one_root,
         metadata={

@@ -101,9 +101,9 @@ def tree_references(
     for tid, info in recovery.trees.items():
         members = [by_id[m] for m in recovery.members(tid) if m in by_id]
         full = [r for r in members if not r.adapter]
+        if info.root not in by_id or by_id[info.root].adapter or not full:
+            continue  # no full model to measure from (e.g. adapters of an absent base)
         root = by_id[info.root]
-        if root.adapter or not full:
-            continue
         layers = sorted(root.layers)
         scales = group_scales[root.signature]
         d = pairwise_distances(full, layers, scales)

@@ -756,8 +756,9 @@ def recover_trees(
             sig_of[r.repo_id] = sig
         structure[recs[int(np.flatnonzero(par < 0)[0])].repo_id] = setting
 
+    absent = absent_bases(adapters)
     for a in adapters:
-        parent[a.repo_id] = _adapter_base(a, full, config)
+        parent[a.repo_id] = _adapter_base(a, full, config) or absent[a.repo_id]
         sig_of[a.repo_id] = a.signature
 
     depth = _depths(parent)
@@ -786,7 +787,8 @@ def recover_trees(
     for tid, reps in sorted(members.items()):
         root = root_of[reps[0]]
         n_adapt = sum(by_id[r].adapter for r in reps)
-        kind = "full" if n_adapt == 0 else "lora" if n_adapt == len(reps) - 1 else "mixed"
+        n_full = len(reps) - n_adapt  # an absent base is no member: then all are adapters
+        kind = "full" if n_adapt == 0 else "lora" if n_full == int(root in by_id) else "mixed"
         sig = sig_of.get(root, "")
         setting = structure.get(root)
         trees[tid] = TreeInfo(
@@ -801,7 +803,10 @@ def recover_trees(
 
     disagreements = []
     for r in records:
-        if r.declared_base is None or r.declared_base == parent[r.repo_id]:
+        if r.declared_base is None or parent[r.repo_id] in (
+            r.declared_base,
+            absent[r.repo_id] if r.repo_id in absent and r.declared_base else None,
+        ):
             continue
         known = r.declared_base in models
         same = known and models[r.declared_base].tree_id == models[r.repo_id].tree_id
@@ -810,6 +815,28 @@ def recover_trees(
         )
     directions = {tid: t.direction for tid, t in trees.items() if t.direction}
     return TreeRecovery(models, trees, disagreements, directions, time.perf_counter() - start)
+
+
+ABSENT = "absent:"  # prefix of a tree root that is not in the hub (adapters of a missing base)
+
+
+def absent_bases(adapters: Sequence[WeightRecord]) -> dict[str, str]:
+    """Per adapter, the name of its base in case that base is not in the hub.
+
+    Adapters of one absent base (Model-J's LoRAs of Stable Diffusion) form one tree: those
+    that declare the same base and adapt the same layers (one signature) share a root named
+    `absent:<declared base>`; undeclared ones `absent:unknown-base`. A name that two
+    signatures would share gets `@<signature prefix>` so each tree keeps one architecture.
+    """
+    names = {a.repo_id: f"{ABSENT}{a.declared_base or 'unknown-base'}" for a in adapters}
+    sigs: dict[str, set[str]] = defaultdict(set)
+    for a in adapters:
+        sigs[names[a.repo_id]].add(a.signature)
+    return {
+        a.repo_id: names[a.repo_id]
+        + (f"@{a.signature[:8]}" if len(sigs[names[a.repo_id]]) > 1 else "")
+        for a in adapters
+    }
 
 
 def adapter_candidates(adapter: WeightRecord, full: Sequence[WeightRecord]) -> list[WeightRecord]:
@@ -961,6 +988,8 @@ def trees_from_declared_edges_networkx(
 
 
 __all__ = [
+    "ABSENT",
+    "absent_bases",
     "Disagreement",
     "ModelAssignment",
     "TreeConfig",
