@@ -519,7 +519,8 @@ def test_hf_cache_model_j_full(cache: tuple[Path, dict]) -> None:
     r = by_id["ProbeX/Model-J__SupViT__model_idx_0001"]
     assert (r.source, r.kind, r.revision, r.split) == ("hf_cache", "full", "b" * 40, None)
     assert r.files == ("README.md", "config.json", "model.safetensors")
-    assert r.training_classes == ("apple", "aquarium_fish") and r.documented
+    # names as people write them (prompts need words), the raw list kept in the metadata
+    assert r.training_classes == ("apple", "aquarium fish") and r.documented
     assert r.metadata == {
         "dataset_chosen_targets": ["apple", "aquarium_fish"],
         "lr": 0.0003,
@@ -545,7 +546,12 @@ def test_hf_cache_model_j_lora_layout(cache: tuple[Path, dict]) -> None:
         "val_holdout",
         "pytorch_lora_weights.safetensors",
     )
-    assert r.training_classes == ("n01443537",) and r.documented
+    # a held-out split's label is ground truth only: withheld from every stage but evaluation,
+    # and a WordNet id reads as its ImageNet class name
+    assert r.training_classes is None and not r.documented
+    assert r.withheld_classes == ("goldfish",)
+    train = src.crawl("ProbeX/Model-J__SD_200__train__model_idx_0000")
+    assert train.training_classes == ("tench",) and train.documented
     assert r.files == ("pytorch_lora_weights.safetensors",)
     t = saved[r.repo_id]
     x = read_layer(src, r, LORA_LAYER)
