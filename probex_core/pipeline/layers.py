@@ -39,6 +39,11 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+SCREEN_TRAIN, SCREEN_VAL = 96, 48  # labelled models a layer screen reads (train, val)
+SCREEN_MIN = 24  # fewer labelled models: no screen, layers spread evenly over depth
+MAX_SCREENED = 64  # layers a screen reads at most (evenly spread beyond that)
+
+
 def candidate_layers(
     shapes_by_repo: dict[str, dict], max_layers: int
 ) -> dict[str, tuple[int, int]]:
@@ -51,11 +56,57 @@ def candidate_layers(
             if not is_head_layer(n) and min(s.shape) >= 2
         }
         common = specs if common is None else {n: s for n, s in common.items() if specs.get(n) == s}
-    names = sorted(common or {}, key=_natural)
-    if len(names) > max_layers:
-        step = (len(names) - 1) / (max_layers - 1)
-        names = [names[round(i * step)] for i in range(max_layers)]
+    names = _even(sorted(common or {}, key=_natural), max_layers)
     return {n: common[n] for n in names}
+
+
+def _even(names: list[str], k: int) -> list[str]:
+    if len(names) <= k:
+        return names
+    step = (len(names) - 1) / (k - 1) if k > 1 else 0
+    return [names[round(i * step)] for i in range(k)]
+
+
+def screen_layers(
+    home: Home,
+    source: HubSource,
+    recs: list,
+    layers: dict[str, tuple[int, int]],
+    reference_id: str | None,
+) -> dict[str, float]:
+    """Validation score of a closed-form ridge read-out of every candidate layer, from a
+    labelled subsample (≤ SCREEN_TRAIN train and SCREEN_VAL val models, the hub's declared
+    splits when it has them): cheap enough to cover every projection of a ViT-B, so the
+    layers the experts then sweep in full are the promising ones, wherever they sit.
+    {} when the tree has fewer than SCREEN_MIN labelled models."""
+    from probex_core.pipeline.experts import split_members, tree_labels
+    from probex_core.train import fit_ridge
+
+    repo_ids = [r.repo_id for r in recs]
+    classes, rows, Y = tree_labels(home, repo_ids)
+    if len(rows) < SCREEN_MIN or not classes:
+        return {}
+    declared = read_table(home, "repos").set_index("repo_id").split
+    ids = [repo_ids[i] for i in rows]
+    tr, va, _ = split_members(
+        ids, [declared.get(r) if isinstance(declared.get(r), str) else None for r in ids], 0.2, 0
+    )
+    tr, va = _even(tr, SCREEN_TRAIN), _even(va, SCREEN_VAL)
+    picked = [recs[rows[i]] for i in tr + va]
+    ref_rec = next((r for r in recs if r.repo_id == reference_id), None)
+    single = bool((Y.sum(1) == 1).all())
+    scores = {}
+    for name in layers:
+        mats = []
+        for r in ([ref_rec] if ref_rec else []) + picked:
+            spec = find_layers(r.tensor_shapes())[name]
+            mats.append(assemble_layer(spec, source.read_tensors(r, spec.tensors)))
+        X = torch.stack(mats)
+        ref = X[0] if ref_rec else None
+        X = layer_transform(X[1:] if ref_rec else X, ref)
+        fit = fit_ridge((X[: len(tr)], Y[tr]), (X[len(tr) :], Y[va]), single=single)
+        scores[name] = float(fit.best_metric)
+    return scores
 
 
 def layer_transform(X: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
@@ -123,9 +174,20 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
     lora = any(r.kind == "lora" for r in recs)
     if lora:
         recs = [r for r in recs if r.kind == "lora"]
-    layers = candidate_layers({r.repo_id: r.tensor_shapes() for r in recs}, max_layers)
+    shapes = {r.repo_id: r.tensor_shapes() for r in recs}
+    layers = candidate_layers(shapes, MAX_SCREENED)
     if not layers:
         raise ValueError(f"tree {tree_id}: its members share no 2-D layer")
+    screen = (
+        screen_layers(home, source, recs, layers, None if lora else root_id)
+        if len(layers) > max_layers
+        else {}
+    )
+    if screen:  # the best by the screen, kept in depth order
+        best = set(sorted(screen, key=screen.__getitem__, reverse=True)[:max_layers])
+        layers = {n: s for n, s in layers.items() if n in best}
+    else:
+        layers = {n: layers[n] for n in _even(list(layers), max_layers)}
     stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     for r in recs:
         specs = find_layers(r.tensor_shapes())
@@ -157,6 +219,7 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
             "reference": root_id if relative else None,
             "references": ref_ids,
             "transform": "delta_from_parent_unit_rms" if relative else "unit_rms",
+            "screen": screen,
         },
     )
     return StepReport(
@@ -165,6 +228,7 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
             "models": len(repo_ids),
             "layers": len(layers),
             "references": len(ref_ids),
+            "screened": len(screen),
             "layer_shapes": json.dumps({n: list(s) for n, s in layers.items()}),
         },
         data_version=version,
