@@ -28,12 +28,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-VIT_SIGNAL = "vit.encoder.layer.1.attention.output.dense.weight"
-VIT_OTHERS = (
-    "vit.encoder.layer.0.attention.output.dense.weight",
-    "vit.encoder.layer.0.intermediate.dense.weight",
-    "vit.encoder.layer.1.intermediate.dense.weight",
-)
+VIT_LAYER = "vit.encoder.layer.{block}.{part}.weight"
+VIT_PARTS = ("attention.output.dense", "intermediate.dense")  # d × d and 4d × d
 LORA_MODULE = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
 CIFAR = (
     "apple", "aquarium_fish", "bear", "maple_tree", "pickup_truck", "sweet_pepper",
@@ -54,7 +50,15 @@ class ModelJSizes:
     vit: tuple[int, int, int] = (60, 15, 20)  # train, val, test
     lora: tuple[int, int, int, int, int] = (48, 12, 16, 8, 8)  # + val_holdout, test_holdout
     d: int = 16  # ViT width (signal layer d × d); LoRA layers are d × d as well
+    vit_blocks: int = 2  # blocks of two projections each
+    signal_block: int = 1  # whose attention output projection carries the classes
     classes_per_model: int = 5  # of the 12 CIFAR names (Model-J: 50 of 100)
+    noise: float = 0.9  # per-model noise against the class signal (unit RMS per direction)
+
+
+def signal_layer_name(sizes: ModelJSizes) -> str:
+    """The ViT weight that carries the classes (the others are the base plus noise)."""
+    return VIT_LAYER.format(block=sizes.signal_block, part=VIT_PARTS[0])
 
 
 def _directions(n: int, d: int, g: torch.Generator) -> torch.Tensor:
@@ -106,12 +110,16 @@ def write_modelj(
     out = Path(out)
     g = torch.Generator().manual_seed(seed)
     # a fine-tune moves its base by a tenth: far less than two bases differ, as in Model-J
-    d, noise, step = sizes.d, 0.9, 0.1
+    d, noise, step = sizes.d, sizes.noise, 0.1
     truth: dict[str, dict] = {}
 
     # --- SupViT: per-split caches -------------------------------------------------------
-    W0 = {n: torch.randn(d * (4 if "intermediate" in n else 1), d, generator=g) for n in VIT_OTHERS}
-    W0[VIT_SIGNAL] = torch.randn(d, d, generator=g)
+    W0 = {
+        VIT_LAYER.format(block=b, part=part): torch.randn(d * (1 + 3 * k), d, generator=g)
+        for b in range(sizes.vit_blocks)
+        for k, part in enumerate(VIT_PARTS)
+    }
+    signal_layer = signal_layer_name(sizes)
     D = _directions(len(CIFAR), d, g)
     idx = 0
     for split, n in zip(("train", "val", "test"), sizes.vit, strict=True):
@@ -120,10 +128,12 @@ def write_modelj(
             chosen = torch.randperm(len(CIFAR), generator=g)[: sizes.classes_per_model]
             amp = 0.7 + 0.6 * torch.rand(len(chosen), generator=g)
             signal = torch.einsum("c,chw->hw", amp, D[chosen]) / math.sqrt(len(chosen))
-            tensors = {
-                name: w + step * noise * torch.randn(w.shape, generator=g) for name, w in W0.items()
-            }
-            tensors[VIT_SIGNAL] = tensors[VIT_SIGNAL] + step * signal
+            # every fine-tune moves each layer by `step` (RMS); in the signal layer that move
+            # is class signal and noise at 1 : noise, so tree recovery sees the same tree
+            # whatever the noise
+            tensors = {name: w + step * torch.randn(w.shape, generator=g) for name, w in W0.items()}
+            move = (signal + noise * torch.randn(d, d, generator=g)) / math.sqrt(1 + noise**2)
+            tensors[signal_layer] = W0[signal_layer] + step * move
             tensors["classifier.weight"] = torch.randn(len(chosen), d, generator=g)
             names = sorted(CIFAR[i] for i in chosen.tolist())
             meta = {"dataset_chosen_targets": repr(names), "seed": str(idx)}

@@ -17,7 +17,7 @@ import pytest
 from probex_core.catalog import Home, query
 from probex_core.classnames import class_name, imagenet_names
 from probex_core.hub import HFCacheSource, LocalHubSource, crawl_all, describe_hub, make_source
-from probex_core.modelj_fixture import write_modelj
+from probex_core.modelj_fixture import ModelJSizes, write_modelj
 
 SHORT = {"epochs": 40, "sweep_epochs": 10, "val_every": 10}
 
@@ -181,3 +181,46 @@ def test_run_scores_the_test_splits_above_chance(run) -> None:
     assert set(held.metric) == {"heldout_top1", "heldout_top5"}
     assert held.chance.notna().all()
     assert (held.n == sum(t["split"].endswith("holdout") for t in truth.values())).all()
+
+
+def test_the_layer_screen_finds_the_layer_an_even_spread_misses(tmp_path: Path) -> None:
+    """24 projections, the classes in block 5's attention output: six layers spread evenly
+    over depth miss it; the ridge screen of every layer keeps it and the experts choose it."""
+    from orchestration.runner import run_all
+    from probex_core.modelj_fixture import ModelJSizes, signal_layer_name
+    from probex_core.pipeline.layers import _even, candidate_layers
+
+    sizes = ModelJSizes(vit_blocks=12, signal_block=5)
+    write_modelj(tmp_path / "mj", seed=1, sizes=sizes)
+    signal = signal_layer_name(sizes).removesuffix(".weight")
+    src = make_source(str(tmp_path / "mj" / "SupViT"))
+    records, _ = crawl_all(src)
+    every = list(candidate_layers({r.repo_id: r.tensor_shapes() for r in records}, 64))
+    assert len(every) == 24 and signal not in _even(every, 6)
+
+    home = Home(tmp_path / "home")
+    run_all(home, str(tmp_path / "mj" / "SupViT"), expert_config=SHORT)
+    (index,) = [
+        json.loads(p.read_text()) for p in (home.artifacts / "layers").glob("*/layers.json")
+    ]
+    assert len(index["screen"]) == 24 and signal in index["layers"]
+    assert max(index["screen"], key=index["screen"].get) == signal
+    (meta,) = [json.loads(p.read_text()) for p in (home.artifacts / "experts").glob("*/meta.json")]
+    assert meta["layer"] == signal
+
+
+def test_the_bench_reads_what_the_official_code_reads(download) -> None:
+    """`probex bench modelj` times an official-style loader against probex's one read: both
+    must see the same weights and the same labels, model for model."""
+    import torch
+
+    from probex_core.bench.modelj import _FilesEachEpoch, _stacks
+    from probex_core.modelj_fixture import signal_layer_name
+
+    out, _ = download
+    layer = signal_layer_name(ModelJSizes())
+    data, classes = _stacks(out / "SupViT", layer)
+    for split in ("train", "test"):
+        files = _FilesEachEpoch(out / "SupViT" / split, layer, classes)
+        X, Y = map(torch.stack, zip(*[files[i] for i in range(len(files))], strict=True))
+        assert torch.equal(X, data[split].X) and torch.equal(Y, data[split].Y)

@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "trees": "probex_core.bench.trees",
     "search": "probex_core.bench.search",
     "zoo-signal": "probex_core.bench.zoo_signal",
+    "modelj": "probex_core.bench.modelj",
 }
 
 
