@@ -68,16 +68,15 @@ def _directions(n: int, d: int, g: torch.Generator) -> torch.Tensor:
     return D / D.pow(2).mean((1, 2), keepdim=True).sqrt()
 
 
-def _blob_file(cache: Path, folder: str, rev: str, rel: str, data: bytes) -> None:
-    """Store a file as huggingface_hub does: a content-addressed blob and a snapshot symlink."""
+def cache_file(cache: Path, folder: str, rev: str, rel: str, data: bytes) -> None:
+    """Store a file as huggingface_hub does: a content-addressed blob and a snapshot symlink
+    (refs are the caller's)."""
     blob = cache / folder / "blobs" / hashlib.sha256(data).hexdigest()
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     link = cache / folder / "snapshots" / rev / rel
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(os.path.relpath(blob, link.parent))
-    (cache / folder / "refs").mkdir(exist_ok=True)
-    (cache / folder / "refs" / "main").write_text(rev)
 
 
 def _st(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
@@ -139,9 +138,10 @@ def write_modelj(
             meta = {"dataset_chosen_targets": repr(names), "seed": str(idx)}
             repo = f"Model-J__SupViT__model_idx_{idx:04d}"
             rev = hashlib.sha1(f"{seed}-{repo}".encode()).hexdigest()
-            _blob_file(
-                cache, f"models--ProbeX--{repo}", rev, "model.safetensors", _st(tensors, meta)
-            )
+            folder = f"models--ProbeX--{repo}"
+            cache_file(cache, folder, rev, "model.safetensors", _st(tensors, meta))
+            (cache / folder / "refs").mkdir()
+            (cache / folder / "refs" / "main").write_text(rev)
             truth[f"ProbeX/{repo}"] = {"split": split, "classes": names}
             idx += 1
 

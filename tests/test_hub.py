@@ -25,6 +25,7 @@ from probex_core.hub import (
     make_source,
     read_layer,
 )
+from probex_core.modelj_fixture import cache_file
 
 CLASSES = ["red circle", "blue square", "green star"]
 
@@ -403,18 +404,6 @@ def test_make_source(tmp_path: Path) -> None:
 LORA_LAYER = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
 
 
-def _cache_file(cache: Path, folder: str, rev: str, rel: str, data: bytes) -> None:
-    """Store a file the way huggingface_hub does: content blob + snapshot symlink."""
-    import hashlib
-
-    blob = cache / folder / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = cache / folder / "snapshots" / rev / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-
-
 def _st_bytes(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
     path = tmp / "scratch.safetensors"
     save_file(tensors, str(path), metadata=meta)
@@ -433,16 +422,16 @@ def _model_j_full(
     meta = {"dataset_chosen_targets": classes_literal, "lr": "0.0003", "seed": str(idx)}
     old, new = "a" * 40, "b" * 40
     # an older snapshot with other weights: refs/main must win even though it is touched last
-    _cache_file(cache, folder, new, "model.safetensors", _st_bytes(tmp, tensors, meta))
-    _cache_file(
+    cache_file(cache, folder, new, "model.safetensors", _st_bytes(tmp, tensors, meta))
+    cache_file(
         cache,
         folder,
         new,
         "README.md",
         b"---\nbase_model: google/vit-base-patch16-224-in21k\n---\n",
     )
-    _cache_file(cache, folder, new, "config.json", b'{"model_type": "vit"}')
-    _cache_file(cache, folder, old, "model.safetensors", _st_bytes(tmp, {"x": torch.zeros(1)}, {}))
+    cache_file(cache, folder, new, "config.json", b'{"model_type": "vit"}')
+    cache_file(cache, folder, old, "model.safetensors", _st_bytes(tmp, {"x": torch.zeros(1)}, {}))
     (cache / folder / "refs").mkdir()
     (cache / folder / "refs" / "main").write_text(new)
     os.utime(cache / folder / "snapshots" / old, ns=(2**62, 2**62))
@@ -459,7 +448,7 @@ def _model_j_lora(
     }
     meta = {"imagenet_class_id": class_id} if class_id else {}
     rev = "c" * 40
-    _cache_file(
+    cache_file(
         cache, folder, rev, f"{rel}/pytorch_lora_weights.safetensors", _st_bytes(tmp, tensors, meta)
     )
     (cache / folder / "refs").mkdir(exist_ok=True)
@@ -576,7 +565,7 @@ def test_hf_cache_rejects_escaping_blob_and_code_metadata(
     snap.mkdir(parents=True)
     (snap / "model.safetensors").symlink_to(outside)
     marker = tmp_path / "PWNED"
-    _cache_file(
+    cache_file(
         root,
         "models--evil--code",
         "e" * 40,
@@ -587,7 +576,7 @@ def test_hf_cache_rejects_escaping_blob_and_code_metadata(
             {"dataset_chosen_targets": f"['a', __import__('os').system('touch {marker}')]"},
         ),
     )
-    _cache_file(root, "models--evil--pickle", "f" * 40, "pytorch_model.bin", b"\x80\x04.")
+    cache_file(root, "models--evil--pickle", "f" * 40, "pytorch_model.bin", b"\x80\x04.")
     records, rejected = crawl_all(HFCacheSource(root))
     got = {r.repo_id: r for r in rejected}
     assert set(got) == {"evil/escape", "evil/code", "evil/pickle"}
