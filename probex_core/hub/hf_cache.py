@@ -42,7 +42,7 @@ def _is_cache_dir(p: Path) -> bool:
     return len(parts) == 3 and parts[0] in _REPO_TYPES and p.is_dir()
 
 
-def find_folders(root: Path, max_depth: int = 4) -> list[SplitFolder]:
+def find_folders(root: Path, max_depth: int = 6) -> list[SplitFolder]:
     """Every cache and bare-LoRA split folder under `root`, from directory listings only.
 
     The root is a cache when it holds `models--*`; below it, any folder named after a split
