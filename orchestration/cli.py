@@ -95,6 +95,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probex", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     zoo = sub.add_parser("zoo", help="the built-in model zoo")
@@ -148,14 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from probex_core.errors import UserError
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input can cause (no catalog, a bad path or repo id, an unknown tree, bad
+    SQL): one line, not a traceback. Anything else is a bug and keeps its traceback."""
+    import duckdb
 
+    from probex_core.errors import UserError
+    from probex_core.hub import RepoError
+
+    return (UserError, FileNotFoundError, NotADirectoryError, RepoError, KeyError, duckdb.Error)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"probex: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"probex: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,32 @@
+"""A user's mistake ends in one line on stderr and exit code 2; `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestration.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["sql", "SELECT 1"], "no catalog at"),
+        (["report"], "no catalog at"),
+        (["search", "red star"], "no catalog at"),
+        (["predict", "/nonexistent/x.safetensors"], "/nonexistent/x.safetensors"),
+        (["run", "--hub", "/nonexistent/hub"], "hub not found"),
+    ],
+)
+def test_user_errors_end_in_one_line(argv, says, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("PROBEX_HOME", str(tmp_path / "home"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("probex: error: ") and says in err[0]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PROBEX_HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError, match="no catalog"):
+        main(["--debug", "sql", "SELECT 1"])
