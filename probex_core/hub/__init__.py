@@ -144,7 +144,9 @@ def describe_hub(spec: str, source: HubSource) -> str:
     n = sum(1 for _ in source.list_repos())
     if n == 0:
         raise UserError(f"no repos found under {source.root}: expected {LAYOUTS}")
-    return source.describe() if isinstance(source, HFCacheSource) else f"hub directory: {n:,} repos"
+    return (
+        source.describe(n) if isinstance(source, HFCacheSource) else f"hub directory: {n:,} repos"
+    )
 
 
 def _local(path: Path) -> HubSource:

@@ -96,9 +96,9 @@ class HFCacheSource(DirectorySource):
         self._index: dict[str, tuple[str, str | None, str | None, str | None]] = {}
         self.folders: list[SplitFolder] = []
 
-    def describe(self) -> str:
-        """One line on what was found, e.g. "Model-J layout: 3 splits, 1,000 repos"."""
-        n = sum(1 for _ in self._scan())
+    def describe(self, n: int) -> str:
+        """One line on what the last listing found (`n` repos), e.g. "Model-J layout
+        (SupViT): 3 splits (test, train, val), 1,000 repos"."""
         splits = sorted({f.split for f in self.folders if f.split})
         if not splits:
             return f"Hugging Face cache: {n:,} repos"

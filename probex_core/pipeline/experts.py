@@ -77,15 +77,18 @@ def split_documented(
 
 
 def split_members(
-    repo_ids: list[str], declared: list[str | None], val_fraction: float, seed: int
+    home: Home, repo_ids: list[str], val_fraction: float, seed: int
 ) -> tuple[list[int], list[int], str]:
-    """Train/val rows of the documented members, and where the split came from.
+    """Train/val positions of the documented members `repo_ids`, and where the split came
+    from.
 
-    A hub that declares splits (Model-J) is followed: "val" models validate, the rest train
-    ("hub"). Without a declared "val" split, a stable hash of (seed, repo id) holds out
-    `val_fraction` ("hash"). Evaluation splits never get here: their labels are withheld at
-    the crawl (`RepoRecord.withheld_classes`).
+    A hub that declares splits (Model-J; the crawl's `split` column) is followed: "val"
+    models validate, the rest train ("hub"). Without a declared "val" split, a stable hash of
+    (seed, repo id) holds out `val_fraction` ("hash"). Evaluation splits never get here:
+    their labels are withheld at the crawl (`RepoRecord.withheld_classes`).
     """
+    split = read_table(home, "repos").set_index("repo_id").split
+    declared = [split.get(r) for r in repo_ids]
     val = [i for i, s in enumerate(declared) if s == "val"]
     if val and len(val) < len(repo_ids):
         return [i for i, s in enumerate(declared) if s != "val"], val, "hub"
@@ -144,13 +147,8 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     classes, rows, Y = tree_labels(home, repo_ids)
     if len(rows) < settings.min_documented or not classes:
         return skip_tree(home, tree_id, index, len(rows), settings)
-    declared = read_table(home, "repos").set_index("repo_id").split
-    labelled_ids = [repo_ids[i] for i in rows]
     tr, va, split_from = split_members(
-        labelled_ids,
-        [declared.get(r) if isinstance(declared.get(r), str) else None for r in labelled_ids],
-        settings.val_fraction,
-        settings.seed,
+        home, [repo_ids[i] for i in rows], settings.val_fraction, settings.seed
     )
     ldir = home.layer_dir(tree_id)
 

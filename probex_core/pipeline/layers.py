@@ -10,7 +10,7 @@ import torch
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, atomic_write_json, read_table
 from probex_core.hub import HubSource
-from probex_core.pipeline.common import CODE_VERSIONS, StepReport, digest
+from probex_core.pipeline.common import CODE_VERSIONS, ExpertSettings, StepReport, digest
 from probex_core.pipeline.crawl import load_records
 from probex_core.train import open_layer_stack, write_layer_stack
 from probex_core.trees import is_head_layer
@@ -86,21 +86,21 @@ def screen_layers(
     classes, rows, Y = tree_labels(home, repo_ids)
     if len(rows) < SCREEN_MIN or not classes:
         return {}
-    declared = read_table(home, "repos").set_index("repo_id").split
-    ids = [repo_ids[i] for i in rows]
+    defaults = ExpertSettings()
     tr, va, _ = split_members(
-        ids, [declared.get(r) if isinstance(declared.get(r), str) else None for r in ids], 0.2, 0
+        home, [repo_ids[i] for i in rows], defaults.val_fraction, defaults.seed
     )
     tr, va = _even(tr, SCREEN_TRAIN), _even(va, SCREEN_VAL)
-    picked = [recs[rows[i]] for i in tr + va]
     ref_rec = next((r for r in recs if r.repo_id == reference_id), None)
+    read = ([ref_rec] if ref_rec else []) + [recs[rows[i]] for i in tr + va]
+    specs = [find_layers(r.tensor_shapes()) for r in read]  # once per model, not per layer
     single = bool((Y.sum(1) == 1).all())
     scores = {}
     for name in layers:
-        mats = []
-        for r in ([ref_rec] if ref_rec else []) + picked:
-            spec = find_layers(r.tensor_shapes())[name]
-            mats.append(assemble_layer(spec, source.read_tensors(r, spec.tensors)))
+        mats = [
+            assemble_layer(s[name], source.read_tensors(r, s[name].tensors))
+            for r, s in zip(read, specs, strict=True)
+        ]
         X = torch.stack(mats)
         ref = X[0] if ref_rec else None
         X = layer_transform(X[1:] if ref_rec else X, ref)
