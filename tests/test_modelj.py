@@ -224,3 +224,19 @@ def test_the_bench_reads_what_the_official_code_reads(download) -> None:
         files = _FilesEachEpoch(out / "SupViT" / split, layer, classes)
         X, Y = map(torch.stack, zip(*[files[i] for i in range(len(files))], strict=True))
         assert torch.equal(X, data[split].X) and torch.equal(Y, data[split].Y)
+
+
+def test_a_repo_id_in_two_splits_is_kept_once_and_the_other_rejected(download, tmp_path) -> None:
+    out, truth = download
+    hub = tmp_path / "SupViT"
+    shutil.copytree(out / "SupViT", hub, symlinks=True)
+    folder = "models--ProbeX--Model-J__SupViT__model_idx_0000"  # a train model
+    shutil.copytree(hub / "train" / folder, hub / "val" / folder, symlinks=True)
+    records, rejected = crawl_all(make_source(str(hub)))
+    ids = [r.repo_id for r in records]
+    assert sorted(ids) == sorted(r for r in truth if "__SupViT__" in r)  # nothing good lost
+    kept = next(r for r in records if r.repo_id == "ProbeX/Model-J__SupViT__model_idx_0000")
+    assert kept.split == "train"
+    (rej,) = rejected
+    assert rej.repo_id == kept.repo_id and rej.path.startswith(f"val/{folder}")
+    assert "duplicate repo id" in rej.reason and f"train/{folder}" in rej.reason

@@ -94,6 +94,8 @@ class HFCacheSource(DirectorySource):
         # repo id → (location relative to the cache root, revision, split, subset); revision
         # "" is a cache entry without a snapshot, None a bare folder outside any cache
         self._index: dict[str, tuple[str, str | None, str | None, str | None]] = {}
+        # listing id of a second folder holding an indexed repo id → (repo id, its location)
+        self._duplicates: dict[str, tuple[str, str]] = {}
         self.folders: list[SplitFolder] = []
 
     def describe(self, n: int) -> str:
@@ -123,12 +125,16 @@ class HFCacheSource(DirectorySource):
             return None
         return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name)).name
 
-    def _add(self, repo_id: str, entry: tuple[str, str | None, str | None, str | None]) -> bool:
-        """Index a repo once; the first folder that holds an id keeps it."""
+    def _add(self, repo_id: str, entry: tuple[str, str | None, str | None, str | None]) -> str:
+        """Index a repo and return the id to list. The first folder that holds an id keeps
+        it; a later one is listed as `<repo id>@<location>`, which `crawl` rejects (with
+        both places named) so the duplicate is recorded, not lost."""
         if repo_id in self._index and self._index[repo_id] != entry:
-            return False
+            listed = f"{repo_id}@{entry[0]}"
+            self._duplicates[listed] = (repo_id, entry[0])
+            return listed
         self._index[repo_id] = entry
-        return True
+        return repo_id
 
     def _scan(self) -> Iterator[str]:
         self.folders = find_folders(self.root)
@@ -147,20 +153,18 @@ class HFCacheSource(DirectorySource):
             kind, org, name = folder.name.split("--")
             rev = self._snapshot(folder)
             if rev is None:
-                if kind == "models" and self._add(  # listed so the crawl reports it
-                    f"{org}/{name}", (prefix + folder.name, "", where.split, where.subset)
-                ):
-                    yield f"{org}/{name}"
+                if kind == "models":  # listed so the crawl reports it
+                    yield self._add(
+                        f"{org}/{name}", (prefix + folder.name, "", where.split, where.subset)
+                    )
                 continue
             snap = f"{prefix}{folder.name}/snapshots/{rev}"
             loras = list(self._lora_dirs(self.root / snap))
             if kind == "models" and (not loras or self._has_top_weights(self.root / snap)):
-                if self._add(f"{org}/{name}", (snap, rev, where.split, where.subset)):
-                    yield f"{org}/{name}"
+                yield self._add(f"{org}/{name}", (snap, rev, where.split, where.subset))
             for rel, parts, split, idx in loras:
                 repo_id = f"{org}/{'__'.join([name, *parts, split, idx])}"
-                if self._add(repo_id, (f"{snap}/{rel}", rev, split, "__".join(parts) or None)):
-                    yield repo_id
+                yield self._add(repo_id, (f"{snap}/{rel}", rev, split, "__".join(parts) or None))
 
     def _scan_loras(self, where: SplitFolder) -> Iterator[str]:
         """Bare `model_idx_N/pytorch_lora_weights.safetensors` folders of one split; ids as
@@ -171,8 +175,7 @@ class HFCacheSource(DirectorySource):
                     f"{MODELJ_ORG}/{MODELJ_NAME}__{where.subset}__{where.split}__{folder.name}"
                 )
                 location = f"{where.rel}/{folder.name}"
-                if self._add(repo_id, (location, None, where.split, where.subset)):
-                    yield repo_id
+                yield self._add(repo_id, (location, None, where.split, where.subset))
 
     @staticmethod
     def _has_top_weights(snap: Path) -> bool:
@@ -206,6 +209,10 @@ class HFCacheSource(DirectorySource):
         return self._index[repo_id]
 
     def crawl(self, repo_id: str) -> RepoRecord:
+        if repo_id in self._duplicates:
+            original, where = self._duplicates[repo_id]
+            kept = self._index[original][0]
+            raise RepoError(original, where, f"duplicate repo id: also at {kept}, which is kept")
         parse.validate_repo_id(repo_id)
         location, rev, split, subset = self._locate(repo_id)
         if rev == "":
