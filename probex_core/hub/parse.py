@@ -25,6 +25,14 @@ from probex_core.hub.safetensors_io import ParsedHeader
 MAX_TEXT_BYTES = 10 * 1024 * 1024  # README / config size limit
 MAX_LITERAL_CHARS = 1024 * 1024  # metadata value size limit before literal parsing
 MAX_FILES = 100_000  # files listed per repo
+# YAML front matter limits. Pure-Python YAML reads about 0.3 MB/s, and the largest real cards
+# (MTEB model-index tables: ~400 kB, ~50k nodes for 300 datasets) stay far below both caps.
+MAX_FRONT_MATTER_CHARS = 2 * 1024 * 1024
+# Nodes once aliases are expanded: an alias bomb ("billion laughs", 9 levels of 10 aliases)
+# is tiny as text but 10**9 nodes as data; it is refused before any of it is built.
+MAX_CARD_NODES = 1_000_000
+# Ints wider than this cannot round-trip through JSON (str() refuses 4300+ digits).
+MAX_INT_BITS = 10_000
 
 _ID_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _REPO_ID = re.compile(rf"^{_ID_PART}/{_ID_PART}$")
@@ -102,17 +110,86 @@ def decode_text(repo_id: str, path: str, data: bytes) -> str:
         raise RepoError(repo_id, path, f"not UTF-8 text: {e}") from None
 
 
+class _CardError(ValueError):
+    """A front matter that parses but is refused (too large once expanded, cyclic, ...)."""
+
+
+def _check_int(value: int) -> int:
+    if value.bit_length() > MAX_INT_BITS:
+        raise _CardError(f"integer of more than {MAX_INT_BITS} bits")
+    return value
+
+
 def _plain(value: Any) -> Any:
     """YAML scalars (dates, ...) to JSON-representable values; containers recursively."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
+        return {
+            str(_check_int(k) if isinstance(k, int) else k): _plain(v) for k, v in value.items()
+        }
+    if isinstance(value, set):  # !!set: sorted, so that a card reads the same on every run
+        return sorted((_plain(v) for v in value), key=repr)
+    if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, int):
+        return _check_int(value)
+    if value is None or isinstance(value, str | float):
         return value
     return str(value)
+
+
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """Node count of a composed YAML graph with every alias expanded, refused past `limit`.
+
+    Aliases make the composed graph a DAG (or, for an alias inside its own anchor, a cycle);
+    sizes are memoised per node, so this costs one pass over the distinct nodes however
+    large the expansion would be. Iterative: no recursion limit to hit.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(c)] for c in children(node))
+            if total > limit:
+                raise _CardError(
+                    f"more than {limit} nodes once aliases are expanded (an alias bomb?)"
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _CardError("an alias refers to the node that contains it (a cycle)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _load_front_matter(text: str) -> Any:
+    """yaml.safe_load, with the alias expansion measured between composing and building."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node, MAX_CARD_NODES)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_card(repo_id: str, text: str | None, path: str = CARD_FILE) -> dict[str, Any]:
@@ -122,17 +199,31 @@ def parse_card(repo_id: str, text: str | None, path: str = CARD_FILE) -> dict[st
     m = _FRONT_MATTER.match(text)
     if not m:
         return {}
+    body = m.group(1)
+    if len(body) > MAX_FRONT_MATTER_CHARS:
+        raise RepoError(
+            repo_id,
+            path,
+            f"YAML front matter of {len(body)} characters exceeds the "
+            f"{MAX_FRONT_MATTER_CHARS}-character limit",
+        )
     try:
-        data = yaml.safe_load(m.group(1))
+        data = _plain(_load_front_matter(body))
+    except _CardError as e:
+        raise RepoError(repo_id, path, f"bad YAML front matter: {e}") from None
     except yaml.YAMLError as e:
         raise RepoError(repo_id, path, f"bad YAML front matter: {e}") from None
     except RecursionError:
         raise RepoError(repo_id, path, "bad YAML front matter: nested too deeply") from None
+    except Exception as e:  # PyYAML's constructors are not exception-clean
+        # e.g. `date: 2020-13-45` (ValueError), `!!timestamp ''` (AttributeError), an int of
+        # more than 4300 digits (ValueError): the card is bad, the crawl goes on
+        raise RepoError(repo_id, path, f"bad YAML front matter: {type(e).__name__}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise RepoError(repo_id, path, "YAML front matter is not a mapping")
-    return _plain(data)
+    return data
 
 
 def parse_config(repo_id: str, path: str, text: str | None) -> dict[str, Any]:
@@ -157,6 +248,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, set | frozenset):
         return sorted((_jsonable(v) for v in value), key=repr)
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise ValueError(f"integer of more than {MAX_INT_BITS} bits")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise ValueError(f"{type(value).__name__} is not plain data")
@@ -223,22 +316,60 @@ def training_classes(
     return None
 
 
+_LEGACY_ID = re.compile(rf"^{_ID_PART}$")  # pre-namespace hub ids: "gpt2", "bert-base-uncased"
+
+
+def _is_base_model_id(name: object) -> bool:
+    """A name a card may give as base_model: "org/name", or a legacy id without an org."""
+    if not isinstance(name, str) or ".." in name:
+        return False
+    if _LEGACY_ID.match(name):
+        return True
+    try:
+        validate_repo_id(name)
+    except RepoError:
+        return False
+    return True
+
+
+def _declared_names(value: Any) -> list[str]:
+    """A base_model value as its candidate names: a string, or the strings of a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _names_itself(repo_id: str, card: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """The card or adapter config gives the repo itself as its base model."""
+    return repo_id in _declared_names(card.get("base_model")) or repo_id == config.get(
+        "base_model_name_or_path"
+    )
+
+
 def base_models(
-    card: Mapping[str, Any], config: Mapping[str, Any]
+    card: Mapping[str, Any], config: Mapping[str, Any], repo_id: str | None = None
 ) -> tuple[tuple[str, ...], str | None]:
-    """Declared parents and relation: card base_model, else PEFT's base_model_name_or_path."""
-    declared = card.get("base_model")
+    """Declared parents and relation: card base_model, else PEFT's base_model_name_or_path.
+
+    Only valid hub ids count (numbers, mappings, local paths, URLs are ignored), each once;
+    `repo_id` itself is never its own parent.
+    """
     relation = card.get("base_model_relation")
     relation = relation if isinstance(relation, str) else None
-    if isinstance(declared, str):
-        declared = [declared]
-    if isinstance(declared, list):
-        names = tuple(b for b in declared if isinstance(b, str) and b)
-        if names:
-            return names, relation
+
+    def valid(value: Any) -> tuple[str, ...]:
+        names = (n for n in _declared_names(value) if n != repo_id and _is_base_model_id(n))
+        return tuple(dict.fromkeys(names))
+
+    names = valid(card.get("base_model"))
+    if names:
+        return names, relation
     peft_base = config.get("base_model_name_or_path")
-    if isinstance(peft_base, str) and peft_base:
-        return (peft_base,), relation or "adapter"
+    names = valid(peft_base) if isinstance(peft_base, str) else ()
+    if names:
+        return names, relation or "adapter"
     return (), relation
 
 
@@ -316,7 +447,10 @@ def build_record(
     withheld = None
     if split in EVAL_SPLITS and classes:  # the paper's protocol: test labels only score
         classes, withheld = None, classes
-    bases, relation = base_models(card, config)
+    bases, relation = base_models(card, config, repo_id)
+    notes = dict(extra or {})
+    if _names_itself(repo_id, card, config):  # a repo is never its own parent
+        notes["ignored_base_model"] = "names the repo itself"
     texts = {CARD_FILE: card_text, config_file or "config": config_text}
     return RepoRecord(
         repo_id=repo_id,
@@ -340,7 +474,7 @@ def build_record(
         split=split,
         withheld_classes=withheld,
         location=location,
-        extra=dict(extra or {}),
+        extra=notes,
     )
 
 

@@ -10,7 +10,7 @@ number be checked before it is trusted (hub files are untrusted input).
 from __future__ import annotations
 
 import json
-import math
+import reprlib
 import struct
 from dataclasses import dataclass
 
@@ -20,6 +20,8 @@ from probex_core.hub.records import RepoError, TensorInfo
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses headers above 100 MB
 MAX_TENSOR_NAME = 1024
+MAX_DIMS = 64  # torch and numpy refuse more dimensions than this
+MAX_TENSOR_BYTES = 2**64  # byte lengths are computed only up to this (no giant products)
 
 # safetensors dtype → (torch dtype, bytes per element)
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -49,6 +51,23 @@ class ParsedHeader:
     metadata: dict[str, str]  # the string→string __metadata__, undecoded
     header_bytes: bytes  # the 8-byte prefix + JSON, for fingerprints
     data_start: int  # 8 + header length
+
+
+class _BriefRepr(reprlib.Repr):
+    """Short reprs of untrusted values for error messages: a header can hold a 100 MB dtype
+    string, and str() of an int past 4300 digits raises instead of printing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxstring, self.maxother = 2, 8, 4, 60, 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 64:
+            return f"{'-' if x < 0 else ''}<{x.bit_length()}-bit number>"
+        return repr(x)
+
+
+_brief = _BriefRepr().repr
 
 
 def header_length(prefix: bytes, repo_id: str, path: str, file_size: int) -> int:
@@ -89,7 +108,8 @@ def parse_header(header_json: bytes, file_size: int, repo_id: str, path: str) ->
         raise RepoError(repo_id, path, f"header is not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise RepoError(repo_id, path, "header is not a JSON object")
-    metadata = raw.pop("__metadata__", None) or {}
+    metadata = raw.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -105,6 +125,18 @@ def parse_header(header_json: bytes, file_size: int, repo_id: str, path: str) ->
     return ParsedHeader(tensors, dict(metadata), prefix + header_json, data_start)
 
 
+def _nbytes(shape: list[int], itemsize: int) -> int | None:
+    """dtype size × element count, or None once it exceeds MAX_TENSOR_BYTES."""
+    if 0 in shape:
+        return 0
+    n = itemsize
+    for s in shape:
+        n *= s
+        if n > MAX_TENSOR_BYTES:
+            return None
+    return n
+
+
 def _tensor_info(
     name: str, entry: object, data_start: int, data_size: int, repo_id: str, path: str
 ) -> TensorInfo:
@@ -113,32 +145,37 @@ def _tensor_info(
     if not isinstance(entry, dict):
         raise RepoError(repo_id, path, f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
-        raise RepoError(repo_id, path, f"tensor {name!r}: unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise RepoError(repo_id, path, f"tensor {name!r}: bad shape {shape!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise RepoError(repo_id, path, f"tensor {name!r}: unsupported dtype {_brief(dtype)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(type(s) is int and s >= 0 for s in shape)
+    ):
+        raise RepoError(repo_id, path, f"tensor {name!r}: bad shape {_brief(shape)}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(type(o) is int for o in offsets)
     ):
-        raise RepoError(repo_id, path, f"tensor {name!r}: bad data_offsets {offsets!r}")
+        raise RepoError(repo_id, path, f"tensor {name!r}: bad data_offsets {_brief(offsets)}")
     begin, end = offsets
     if not 0 <= begin <= end:
-        raise RepoError(repo_id, path, f"tensor {name!r}: bad data_offsets {offsets!r}")
+        raise RepoError(repo_id, path, f"tensor {name!r}: bad data_offsets {_brief(offsets)}")
     if end > data_size:
         raise RepoError(
             repo_id,
             path,
-            f"truncated: tensor {name!r} ends at byte {data_start + end}, "
+            f"truncated: tensor {name!r} ends at byte {_brief(data_start + end)}, "
             f"file has {data_start + data_size}",
         )
-    expected = math.prod(shape) * DTYPES[dtype][1]
+    expected = _nbytes(shape, DTYPES[dtype][1])
     if end - begin != expected:
+        needs = "more than 2**64" if expected is None else str(expected)
         raise RepoError(
             repo_id,
             path,
-            f"tensor {name!r}: {end - begin} bytes, but {dtype} × {shape} needs {expected}",
+            f"tensor {name!r}: {end - begin} bytes, but {dtype} × {_brief(shape)} needs {needs}",
         )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
 
