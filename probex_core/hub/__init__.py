@@ -21,7 +21,14 @@ from probex_core.canon import assemble_layer, find_layers
 from probex_core.errors import UserError
 from probex_core.hub.hf_cache import HFCacheSource, looks_like_cache, modelj_download_dir
 from probex_core.hub.local import DirectorySource, LocalHubSource
-from probex_core.hub.records import HubSource, Rejected, RepoError, RepoRecord, TensorInfo
+from probex_core.hub.records import (
+    HubSource,
+    Rejected,
+    RepoError,
+    RepoRecord,
+    TensorInfo,
+    printable,
+)
 
 __all__ = [
     "DirectorySource",
@@ -37,6 +44,7 @@ __all__ = [
     "describe_hub",
     "make_source",
     "read_layer",
+    "require_finite",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,23 @@ def read_layer(
         raise RepoError(record.repo_id, record.weights_file, f"no layer named {layer_name!r}")
     spec = layers[layer_name]
     return assemble_layer(spec, source.read_tensors(record, spec.tensors), lora_scale)
+
+
+def require_finite(record: RepoRecord, layer_name: str, x: torch.Tensor) -> torch.Tensor:
+    """`x` itself when every value is finite; else a RepoError naming the layer's file and
+    how many NaN and Inf values it holds (one such model would poison every distance and
+    every expert of its tree)."""
+    if not x.is_floating_point() or bool(torch.isfinite(x).all()):
+        return x
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    spec = find_layers(record.tensor_shapes(), include_vectors=True).get(layer_name)
+    files = {record.tensors[t].file for t in spec.tensors} if spec else set()
+    path = sorted(files)[0] if files else record.weights_file
+    raise RepoError(
+        record.repo_id,
+        path,
+        f"layer {layer_name!r} has {n_nan} NaN and {n_inf} Inf of {x.numel()} values",
+    )
 
 
 def crawl_all(source: HubSource, progress: bool = False) -> tuple[list[RepoRecord], list[Rejected]]:
@@ -78,7 +103,11 @@ def crawl_all(source: HubSource, progress: bool = False) -> tuple[list[RepoRecor
             rejected.append(Rejected(e.repo_id, e.path, e.reason))
         except Exception as e:  # noqa: BLE001 - untrusted input must not stop the crawl
             log.warning("unexpected error crawling %s: %r", repo_id, e)
-            rejected.append(Rejected(str(repo_id), "", f"unexpected {type(e).__name__}: {e}"))
+            rejected.append(
+                Rejected(
+                    printable(str(repo_id)), "", printable(f"unexpected {type(e).__name__}: {e}")
+                )
+            )
     return records, rejected
 
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import torch
 
 from probex_core.hub import parse
-from probex_core.hub.records import RepoError, RepoRecord
+from probex_core.hub.records import RepoError, RepoRecord, check_file_size
 from probex_core.hub.safetensors_io import ParsedHeader, decode_tensor, header_length, parse_header
 
 
@@ -125,6 +125,8 @@ class DirectorySource:
             shards = parse.shard_files(repo_id, self._read_text(repo_id, repo_dir, weights))
         else:
             shards = [weights]
+        for s in shards:
+            check_file_size(repo_id, s, sizes.get(s, 0))
         headers = {s: self._read_header(repo_id, repo_dir, s) for s in shards}
         versions = {s: self._version(repo_dir / s) for s in shards}
         card_text = (

@@ -6,6 +6,7 @@ offsets) so that a later stage can fetch exactly one layer without touching the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -13,6 +14,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 EVAL_SPLITS = ("test", "val_holdout", "test_holdout")  # declared splits scored, never trained on
+MAX_FILE_ENV = "PROBEX_MAX_FILE_BYTES"  # the size limit of one weights file, in bytes
+DEFAULT_MAX_FILE_BYTES = 64 * 2**30  # above the largest single shard hubs serve today
+
+
+def printable(text: str) -> str:
+    """Text safe to store and print: a file name that is not UTF-8 reaches Python with
+    surrogate escapes, which neither Parquet nor a terminal accepts; they become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class RepoError(Exception):
@@ -23,11 +32,26 @@ class RepoError(Exception):
     """
 
     def __init__(self, repo_id: str, path: str, reason: str) -> None:
-        self.repo_id = repo_id
-        self.path = path
-        self.reason = reason
+        self.repo_id = printable(repo_id)
+        self.path = printable(path)
+        self.reason = printable(reason)
+        repo_id, path = self.repo_id, self.path
         where = f"{repo_id}/{path}" if path else repo_id
         super().__init__(f"{where}: {reason}")
+
+
+def check_file_size(repo_id: str, path: str, size: int) -> None:
+    """Refuse a weights file over the configured limit ($PROBEX_MAX_FILE_BYTES, read now) before
+    any byte of it is read: a crawler must not be made to fetch or map an endless file."""
+    raw = os.environ.get(MAX_FILE_ENV, "")
+    try:
+        limit = int(raw) if raw else DEFAULT_MAX_FILE_BYTES
+    except ValueError:
+        raise ValueError(f"{MAX_FILE_ENV}={raw!r} is not a number of bytes") from None
+    if size > limit:
+        raise RepoError(
+            repo_id, path, f"{size} bytes exceeds the {limit}-byte file limit ({MAX_FILE_ENV})"
+        )
 
 
 @dataclass(frozen=True)
