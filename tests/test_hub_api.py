@@ -4,16 +4,26 @@ The server implements what huggingface_hub calls: GET /api/models (with filter/a
 GET /api/models/{repo}[/revision/{rev}], and HEAD/GET /{repo}/resolve/{rev}/{file} with Range
 support and the X-Repo-Commit / ETag / Content-Length headers hf_hub_download needs. Every
 request is logged so the tests can count exactly what a crawl and a tensor read cost.
+
+A hostile hub is the same server with faults injected: `FakeHub.faults` maps a glob over the
+request path to an iterator of faults, one consumed per GET to a matching path (exhausted:
+served normally). A fault is "429" / "500" / "429:N" (that status, with Retry-After: N),
+"stall" (wait `stall_seconds` before answering), "drop" (full Content-Length, half the body,
+then close) or "short" (half the body, with a Content-Length that matches it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,7 +32,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from probex_core.errors import UserError
 from probex_core.hub import HubApiSource, LocalHubSource, RepoError, crawl_all, read_layer
+from probex_core.hub.api import RetryPolicy
 from tests.test_hub import make_full, make_lora
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -35,6 +47,20 @@ class FakeHub:
     log: list[tuple[str, str, str | None]] = field(default_factory=list)
     ignore_range: bool = False
     url: str = ""
+    faults: dict[str, Iterator[str]] = field(default_factory=dict)
+    stall_seconds: float = 3.0
+    stop: threading.Event = field(default_factory=threading.Event)  # ends stalls at teardown
+
+    def fault(self, method: str, path: str) -> str | None:
+        if method != "GET":
+            return None
+        for pattern, script in self.faults.items():
+            if fnmatchcase(path, pattern):
+                return next(script, None)
+        return None
+
+    def gets(self, pattern: str) -> int:
+        return sum(1 for m, p, _ in self.log if m == "GET" and fnmatchcase(p, pattern))
 
     def repos(self) -> list[str]:
         return sorted(f"{o.name}/{r.name}" for o in self.root.iterdir() for r in o.iterdir())
@@ -49,9 +75,12 @@ class FakeHub:
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes
 
         def log_message(self, *args: object) -> None:
             pass
+
+        cut: str | None = None  # "drop" | "short": the fault _send applies to the body
 
         def do_GET(self) -> None:
             self._route(head=False)
@@ -60,12 +89,35 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._route(head=True)
 
         def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+            if self.cut == "short":
+                body = body[: len(body) // 2]
             self.send_response(status)
             for k, v in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(k, v)
             self.end_headers()
-            if not head:
-                self.wfile.write(body)
+            if head:
+                return
+            if self.cut == "drop":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def _inject(self, fault: str, head: bool) -> bool:
+            """Apply a fault; True when it answered the request itself."""
+            if fault in ("drop", "short"):
+                self.cut = fault
+                return False
+            if fault == "stall":
+                hub.stop.wait(hub.stall_seconds)
+                return False
+            status, _, retry_after = fault.partition(":")
+            headers = {"Content-Type": "application/json"}
+            if retry_after:
+                headers["Retry-After"] = retry_after
+            self._send(int(status), b'{"error": "injected"}', headers, head)
+            return True
 
         def _json(self, obj: object, head: bool) -> None:
             self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json"}, head)
@@ -82,6 +134,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             u = urlsplit(self.path)
             path, q = unquote(u.path), parse_qs(u.query)
             hub.log.append((self.command, path, self.headers.get("Range")))
+            self.cut = None
+            fault = hub.fault(self.command, path)
+            if fault is not None and self._inject(fault, head):
+                return
             if path == "/api/models":
                 ids = hub.repos()
                 for f in q.get("filter", []):
@@ -184,18 +240,20 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHu
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server.handle_error = lambda *_: None  # a client that timed out leaves a broken pipe
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield hub
     finally:
+        hub.stop.set()
         server.shutdown()
         server.server_close()
         close_session()
 
 
 def _source(hub: FakeHub, tmp_path: Path, **kw: object) -> HubApiSource:
-    return HubApiSource(endpoint=hub.url, token=False, cache_dir=tmp_path / "hf_cache", **kw)
+    return HubApiSource(endpoint=hub.url, token=False, **kw)
 
 
 def test_list_repos_by_filters(fake_hub: FakeHub, tmp_path: Path) -> None:
@@ -308,3 +366,95 @@ def test_server_ignoring_range_is_refused(fake_hub: FakeHub, tmp_path: Path) -> 
     fake_hub.ignore_range = True
     with pytest.raises(RepoError, match="ignored the Range"):
         api.read_tensors(record, ["fc1.weight"])
+
+
+# -- a hostile hub: bounded retries, then a reject with the reason; the crawl goes on ----------
+
+FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, timeout=5.0)
+WEIGHTS_B = "/zoo/mlp-b/resolve/*/model.safetensors"
+
+
+def test_retry_policy_backs_off_exponentially_within_its_cap() -> None:
+    p = RetryPolicy(backoff=0.5, max_backoff=3.0)
+    assert [p.wait(a) for a in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    assert p.wait(1, retry_after=2) == 2.0 and p.wait(1, retry_after=60) == 3.0
+    assert p.wait(3, retry_after=0) == 2.0
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "faults"),
+    [
+        ("/api/models/zoo/mlp-a", ["429:1"]),  # Retry-After 1 s, capped by max_backoff
+        ("/zoo/mlp-a/resolve/*/model.safetensors", ["500", "503"]),
+        ("/zoo/mlp-a/resolve/*/README.md", ["drop"]),
+        ("/zoo/mlp-a/resolve/*/config.json", ["short"]),
+    ],
+    ids=["429-model-info", "5xx-weights", "drop-card", "short-config"],
+)
+def test_transient_faults_are_retried(
+    fake_hub: FakeHub,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    pattern: str,
+    faults: list[str],
+) -> None:
+    api = _source(fake_hub, tmp_path, retry=FAST)
+    clean = api.crawl("zoo/mlp-a")
+    fake_hub.log.clear()
+    fake_hub.faults[pattern] = iter(faults)
+    with caplog.at_level(logging.WARNING, logger="probex_core.hub.api"):
+        t0 = time.monotonic()
+        record = api.crawl("zoo/mlp-a")
+        elapsed = time.monotonic() - t0
+    assert record == clean
+    assert fake_hub.gets(pattern) == len(faults) + 1
+    retries = [r.getMessage() for r in caplog.records]
+    assert len(retries) == len(faults) and f"retry {len(faults)} of 3" in retries[-1]
+    assert elapsed < 1.0  # the 429's Retry-After: 1 was capped at max_backoff
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fault", "path", "reason", "tries"),
+    [
+        ("/api/models/zoo/mlp-b", "500", "", "HTTP 500 after 3 attempts", 3),
+        (WEIGHTS_B, "stall", "model.safetensors", r"timed out \(0.5 s\) after 3 attempts", 3),
+        (WEIGHTS_B, "short", "model.safetensors", r"short read: got \d+ of \d+ bytes after 3", 3),
+        (WEIGHTS_B, "drop", "model.safetensors", "connection dropped: .* after 3 attempts", 3),
+        (WEIGHTS_B, "403", "model.safetensors", "hub request failed: .*403", 1),  # not retried
+    ],
+    ids=["500", "stall", "short", "drop", "403"],
+)
+def test_persistent_fault_rejects_that_repo_and_the_crawl_goes_on(
+    fake_hub: FakeHub, tmp_path: Path, pattern: str, fault: str, path: str, reason: str, tries: int
+) -> None:
+    fake_hub.faults[pattern] = itertools.repeat(fault)
+    policy = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, timeout=0.5)
+    records, rejected = crawl_all(_source(fake_hub, tmp_path, author="zoo", retry=policy))
+    assert sorted(r.repo_id for r in records) == ["zoo/lora-a", "zoo/mlp-a"]
+    assert [(r.repo_id, r.path) for r in rejected] == [("zoo/mlp-b", path)]
+    assert re.search(reason, rejected[0].reason), rejected[0].reason
+    assert fake_hub.gets(pattern) == tries
+
+
+def test_read_tensors_survives_transient_faults(fake_hub: FakeHub, tmp_path: Path) -> None:
+    api = _source(fake_hub, tmp_path, retry=FAST)
+    saved = make_full(fake_hub.root / "zoo" / "mlp-c", seed=4)
+    record = api.crawl("zoo/mlp-c")
+    fake_hub.log.clear()
+    fake_hub.faults["/zoo/mlp-c/resolve/*"] = iter(["drop", "short", "502"])
+    got = api.read_tensors(record, ["fc2.weight"])
+    assert torch.equal(got["fc2.weight"], saved["fc2.weight"])
+    info = record.tensors["fc2.weight"]
+    assert {r for _, _, r in fake_hub.log} == {f"bytes={info.start}-{info.end - 1}"}
+    assert len(fake_hub.log) == 4
+
+
+def test_listing_retries_then_fails_as_one_user_error(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.faults["/api/models"] = iter(["429", "drop"])
+    api = _source(fake_hub, tmp_path, retry=FAST)
+    assert list(api.list_repos()) == fake_hub.repos()
+    fake_hub.faults["/api/models"] = itertools.repeat("503")
+    with pytest.raises(UserError, match=r"cannot list repos on .*HTTP 503 after 4 attempts"):
+        list(api.list_repos())
