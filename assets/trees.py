@@ -39,13 +39,15 @@ def model_trees(
 
 @dg.asset_check(
     asset=model_trees,
-    description="every crawled repo has exactly one tree; one root per tree (none when the "
-    "root is absent from the hub: adapters of a missing base)",
+    description="every crawled repo not rejected for its weights has exactly one tree; one "
+    "root per tree (none when the root is absent from the hub: adapters of a missing base)",
 )
 def model_trees_complete(probex_home: ProbexHome) -> dg.AssetCheckResult:
     home = probex_home.get()
     members = read_table(home, "tree_members")
-    n_repos = len(read_table(home, "repos"))
+    rejected = read_table(home, "rejected")
+    n_rejected = int((rejected["stage"] == "weights").sum()) if "stage" in rejected else 0
+    n_repos = len(read_table(home, "repos")) - n_rejected  # weight-rejected: in no tree
     roots = members[members.is_root].groupby("tree_id").size()
     summary = read_table(home, "tree_summary").set_index("tree_id")
     want = {t: 0 if str(r).startswith(ABSENT) else 1 for t, r in summary.root_repo.items()}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from probex_core.catalog import Home
+
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,3 +25,29 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_zoo")
     generate_zoo(preset="tiny", out=out, seed=0, progress=False)
     return out
+
+
+FAST = {"epochs": 60, "sweep_epochs": 15, "val_every": 15}
+# for runs that check orchestration, not accuracy: the tiny experts still pass their gate
+# (mlp-a 0.59 per-class against chance 0.52, lora top-1 0.14 against 0.02)
+SHORT = {"epochs": 20, "sweep_epochs": 5, "val_every": 5}
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_copy(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny zoo (hub + manifest): tests may copy it and change that."""
+    import shutil
+
+    dst = tmp_path_factory.mktemp("hubcopy") / "zoo"
+    shutil.copytree(tiny_zoo, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def built(tiny_hub_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, dict]:
+    """The whole graph materialised once on the tiny zoo (FAST experts): (home, run result)."""
+    from orchestration.runner import run_all
+
+    home = Home(tmp_path_factory.mktemp("home"))
+    result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
+    return home, result

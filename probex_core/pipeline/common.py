@@ -14,9 +14,9 @@ from probex_core.train import TrainConfig
 # Bump a step's version when its output for the same input changes: every partition of that
 # asset (and what depends on it) becomes stale.
 CODE_VERSIONS: dict[str, str] = {
-    "hub_repos": "2",
-    "model_trees": "3",
-    "tree_layers": "2",
+    "hub_repos": "3",
+    "model_trees": "4",
+    "tree_layers": "3",
     "tree_experts": "6",
     "model_predictions": "3",
     "evaluations": "7",

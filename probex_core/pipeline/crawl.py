@@ -6,8 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from probex_core.catalog import Home, atomic_write_json, write_table
-from probex_core.hub import HubSource, RepoRecord, TensorInfo, crawl_all
+from probex_core.hub import HubSource, Rejected, RepoRecord, TensorInfo, crawl_all
 from probex_core.pipeline.common import StepReport, digest, frame
 
 REPO_COLUMNS = {
@@ -26,7 +28,8 @@ REPO_COLUMNS = {
     "split": "str",
     "withheld_classes": "object",
 }
-REJECTED_COLUMNS = {"repo_id": "str", "path": "str", "reason": "str"}
+REJECTED_COLUMNS = {"repo_id": "str", "path": "str", "reason": "str", "stage": "str"}
+CRAWL_PART, WEIGHTS_PART = "all", "weights"  # parts of the `rejected` table (+ layers-<tree>)
 
 
 def records_path(home: Home) -> Path:
@@ -95,8 +98,7 @@ def crawl(home: Home, source: HubSource) -> StepReport:
     ]
     repos = frame(rows, REPO_COLUMNS)
     write_table(home, "repos", repos)
-    rej = frame([dataclasses.asdict(x) for x in rejected], REJECTED_COLUMNS)
-    write_table(home, "rejected", rej)
+    rej = write_rejected(home, CRAWL_PART, "crawl", rejected)
     kinds = repos.groupby("kind").size().to_dict() if len(repos) else {}
     return StepReport(
         summary={
@@ -112,6 +114,20 @@ def crawl(home: Home, source: HubSource) -> StepReport:
         },
         data_version=digest(sorted(r.fingerprint for r in records)),
     )
+
+
+def layers_part(tree_id: str) -> str:
+    """The `rejected` table part holding one tree's layer-stage rejections."""
+    return f"layers-{tree_id}"
+
+
+def write_rejected(home: Home, part: str, stage: str, rejected: list[Rejected]) -> pd.DataFrame:
+    """One stage's rejections as a part of the `rejected` table (rewritten, possibly empty,
+    on every run of that stage, so a repaired repo leaves the list)."""
+    rows = [{**dataclasses.asdict(x), "stage": stage} for x in rejected]
+    rej = frame(sorted(rows, key=lambda d: d["repo_id"]), REJECTED_COLUMNS)
+    write_table(home, "rejected", rej, part=part)
+    return rej
 
 
 def hub_listing_fingerprint(source: HubSource) -> str:

@@ -9,9 +9,9 @@ import torch
 
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, atomic_write_json, read_table
-from probex_core.hub import HubSource
+from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, require_finite
 from probex_core.pipeline.common import CODE_VERSIONS, ExpertSettings, StepReport, digest
-from probex_core.pipeline.crawl import load_records
+from probex_core.pipeline.crawl import layers_part, load_records, write_rejected
 from probex_core.train import open_layer_stack, write_layer_stack
 from probex_core.trees import is_head_layer
 
@@ -104,7 +104,13 @@ def screen_layers(
         X = torch.stack(mats)
         ref = X[0] if ref_rec else None
         X = layer_transform(X[1:] if ref_rec else X, ref)
-        fit = fit_ridge((X[: len(tr)], Y[tr]), (X[len(tr) :], Y[va]), single=single)
+        ok = torch.isfinite(X.flatten(1)).all(1)  # a NaN model is rejected later, not scored
+        Xtr, Ytr, Xva, Yva = X[: len(tr)], Y[tr], X[len(tr) :], Y[va]
+        ok_tr, ok_va = ok[: len(tr)], ok[len(tr) :]
+        if not (ok_tr.any() and ok_va.any()):
+            scores[name] = float("-inf")
+            continue
+        fit = fit_ridge((Xtr[ok_tr], Ytr[ok_tr]), (Xva[ok_va], Yva[ok_va]), single=single)
         scores[name] = float(fit.best_metric)
     return scores
 
@@ -189,12 +195,20 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
     else:
         layers = {n: layers[n] for n in _even(list(layers), max_layers)}
     stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    kept, rejected = [], []
     for r in recs:
-        specs = find_layers(r.tensor_shapes())
-        names = sorted({t for n in layers for t in specs[n].tensors})
-        tensors = source.read_tensors(r, names)
+        try:
+            mats = member_layers(source, r, layers)
+        except RepoError as e:
+            rejected.append(Rejected(e.repo_id, e.path, e.reason))
+            continue
+        kept.append(r)
         for n in layers:
-            stacks[n].append(assemble_layer(specs[n], tensors))
+            stacks[n].append(mats[n])
+    write_rejected(home, layers_part(tree_id), "layers", rejected)
+    if not kept:
+        raise ValueError(f"tree {tree_id}: every member was rejected ({rejected[0].reason})")
+    recs = kept
     out = home.layer_dir(tree_id)
     out.mkdir(parents=True, exist_ok=True)
     repo_ids = [r.repo_id for r in recs]
@@ -229,10 +243,32 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
             "layers": len(layers),
             "references": len(ref_ids),
             "screened": len(screen),
+            "rejected": len(rejected),
             "layer_shapes": json.dumps({n: list(s) for n, s in layers.items()}),
         },
         data_version=version,
     )
+
+
+def member_layers(
+    source: HubSource, record: RepoRecord, layers: dict[str, tuple[int, int]]
+) -> dict[str, torch.Tensor]:
+    """One member's chosen layers, each checked: present, of the tree's shape, finite. A
+    RepoError names the file and the reason otherwise, and only this member is dropped."""
+    specs = find_layers(record.tensor_shapes())
+    for n, shape in layers.items():
+        if n not in specs:
+            raise RepoError(record.repo_id, record.weights_file, f"missing layer {n!r}")
+        if tuple(specs[n].shape) != tuple(shape):
+            raise RepoError(
+                record.repo_id,
+                record.tensors[specs[n].tensors[0]].file,
+                f"wrong shape for the tree: layer {n!r} is {list(specs[n].shape)}, "
+                f"the tree's is {list(shape)}",
+            )
+    names = sorted({t for n in layers for t in specs[n].tensors})
+    tensors = source.read_tensors(record, names)
+    return {n: require_finite(record, n, assemble_layer(specs[n], tensors)) for n in layers}
 
 
 def load_layer_index(home: Home, tree_id: str) -> dict:

@@ -6,16 +6,23 @@ from collections import defaultdict
 
 import pandas as pd
 
-from probex_core.catalog import Home, atomic_write_json, write_table
-from probex_core.hub import HubSource, RepoRecord, read_layer
+from probex_core.catalog import Home, atomic_write_json, remove_table_parts, write_table
+from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, read_layer, require_finite
 from probex_core.pipeline.common import StepReport, digest, frame
-from probex_core.pipeline.crawl import load_records
+from probex_core.pipeline.crawl import (
+    CRAWL_PART,
+    WEIGHTS_PART,
+    layers_part,
+    load_records,
+    write_rejected,
+)
 from probex_core.router import Router, tree_references
 from probex_core.trees import (
     TreeConfig,
     WeightRecord,
     architecture_signature,
     choose_recovery_layers,
+    is_head_layer,
     recover_trees,
 )
 
@@ -52,31 +59,93 @@ ROUTE_COLUMNS = {
 
 def weight_records(
     source: HubSource, records: dict[str, RepoRecord], max_layers: int = 2
-) -> list[WeightRecord]:
-    """Read, lazily, the few layers tree recovery compares (the same names per signature)."""
+) -> tuple[list[WeightRecord], list[Rejected]]:
+    """Read, lazily, the few layers tree recovery compares (the same names per signature).
+
+    A model whose layers cannot be read, hold NaN or Inf, or whose architecture is not its
+    declared base's (`architecture_mismatch`) is rejected here with its file and reason: it
+    never enters a tree, so it cannot move any other model's tree, parent or answer.
+    """
+    rejected = architecture_mismatch(records)
+    skip = {r.repo_id for r in rejected}
     by_sig: dict[str, list[RepoRecord]] = defaultdict(list)
     for r in records.values():
-        by_sig[architecture_signature(r.tensor_shapes())].append(r)
+        if r.repo_id not in skip:
+            by_sig[architecture_signature(r.tensor_shapes())].append(r)
     out = []
     for sig, group in sorted(by_sig.items()):
         layers = choose_recovery_layers(group[0].tensor_shapes(), max_layers=max_layers)
         for r in group:
+            try:
+                read = {n: require_finite(r, n, read_layer(source, r, n)) for n in layers}
+            except RepoError as e:
+                rejected.append(Rejected(e.repo_id, e.path, e.reason))
+                continue
             out.append(
                 WeightRecord(
                     repo_id=r.repo_id,
                     signature=sig,
                     declared_base=r.base_model[0] if r.base_model else None,
-                    layers={name: read_layer(source, r, name) for name in layers},
+                    layers=read,
                     adapter=r.kind == "lora",
                 )
             )
+    return out, rejected
+
+
+FINETUNE_RELATIONS = (None, "finetune")  # relations that keep the base's architecture
+
+
+def architecture_mismatch(records: dict[str, RepoRecord]) -> list[Rejected]:
+    """Full models that declare a full base in the hub as their fine-tune origin, yet miss
+    one of its (non-head) tensors or hold one with another shape, and share their
+    architecture with no other model: a truncated or tampered copy, not a tree member.
+    (Heads may differ: fine-tunes change the label set.)"""
+    counts: dict[str, int] = defaultdict(int)
+    sig = {i: architecture_signature(r.tensor_shapes()) for i, r in records.items()}
+    for s in sig.values():
+        counts[s] += 1
+    out = []
+    for r in records.values():
+        base = records.get(r.base_model[0]) if r.base_model else None
+        if (
+            base is None
+            or base.repo_id == r.repo_id
+            or r.kind != "full"
+            or base.kind != "full"
+            or r.base_model_relation not in FINETUNE_RELATIONS
+            or sig[r.repo_id] == sig[base.repo_id]
+            or counts[sig[r.repo_id]] > 1
+        ):
+            continue
+        out.append(Rejected(r.repo_id, r.weights_file, _first_difference(r, base)))
     return out
+
+
+def _first_difference(r: RepoRecord, base: RepoRecord) -> str:
+    mine, theirs = r.tensor_shapes(), base.tensor_shapes()
+    for name in sorted(set(mine) | set(theirs)):
+        if is_head_layer(name.rsplit(".", 1)[0]):
+            continue
+        if name not in mine:
+            what = f"lacks tensor {name!r}"
+        elif name not in theirs:
+            what = f"has tensor {name!r} that it lacks"
+        elif tuple(mine[name]) != tuple(theirs[name]):
+            what = f"tensor {name!r} has shape {list(mine[name])}, not {list(theirs[name])}"
+        else:
+            continue
+        return f"wrong shape for the tree of its declared base {base.repo_id}: {what}"
+    return f"wrong shape for the tree of its declared base {base.repo_id}"
 
 
 def recover(home: Home, source: HubSource) -> StepReport:
     records = load_records(home)
-    wrecs = weight_records(source, records)
+    wrecs, rejected = weight_records(source, records)
+    write_rejected(home, WEIGHTS_PART, "weights", rejected)
     recovery = recover_trees(wrecs, TreeConfig())
+    keep = {CRAWL_PART, WEIGHTS_PART, *(layers_part(t) for t in recovery.trees)}
+    remove_table_parts(home, "rejected", keep)  # layer rejections of trees now gone
     members = frame(recovery.model_rows(), MEMBER_COLUMNS)
     write_table(home, "tree_members", members)
 
@@ -115,6 +184,7 @@ def recover(home: Home, source: HubSource) -> StepReport:
             "trees": len(recovery.trees),
             "tree_ids": ",".join(sorted(recovery.trees)),
             "models": len(recovery.models),
+            "rejected_weights": len(rejected),
             "card_disagreements": len(dis),
             "recovery_seconds": round(recovery.seconds, 2),
             "routed_unknown": int(routes.routed_tree.isna().sum()),
