@@ -6,7 +6,6 @@ check results show up in `dagster dev` afterwards, and a rerun rebuilds only sta
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -22,17 +21,28 @@ from assets.trees import model_trees
 from orchestration.definitions import ASSET_MODULES
 from orchestration.resources import make_resources
 from probex_core import pipeline
-from probex_core.catalog import Home, query
+from probex_core.catalog import (
+    Home,
+    atomic_write_bytes,
+    atomic_write_json,
+    query,
+    sweep_partial_files,
+)
 from probex_core.errors import UserError
 from probex_core.hub import describe_hub, make_source
 
 
-def instance_for(home: Home) -> dg.DagsterInstance:
+def dagster_home(home: Home) -> Path:
+    """The Dagster instance directory under the home (telemetry off), made on first use."""
     home.dagster_home.mkdir(parents=True, exist_ok=True)
     config = home.dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+        atomic_write_bytes(config, b"telemetry:\n  enabled: false\n")
+    return home.dagster_home
+
+
+def instance_for(home: Home) -> dg.DagsterInstance:
+    os.environ["DAGSTER_HOME"] = str(dagster_home(home))
     return dg.DagsterInstance.from_config(str(home.dagster_home))
 
 
@@ -52,7 +62,10 @@ def run_all(
     resources = make_resources(str(home.root), hub_spec)
     instance = instance_for(home)
     home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "run.json").write_text(json.dumps({"hub": hub_spec}))
+    swept = sweep_partial_files(home)
+    if swept:
+        print(f"      removed {len(swept)} partial files an interrupted run left", flush=True)
+    atomic_write_json(home.root / "run.json", {"hub": hub_spec})
     run_config = {"ops": {"tree_experts": {"config": expert_config}}} if expert_config else None
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []

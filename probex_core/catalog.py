@@ -109,6 +109,20 @@ def write_table(home: Home, table: str, df: pd.DataFrame, part: str = "all") -> 
     return out
 
 
+def sweep_partial_files(home: Home) -> list[Path]:
+    """Delete the temp files a killed run left behind (every atomic write goes through a
+    `*.tmp` beside its target); return them. Call it only when no step is writing: before a
+    run starts, never while partitions run."""
+    swept = []
+    for top in (home.tables, home.artifacts):
+        if top.is_dir():
+            for p in sorted(top.rglob("*.tmp")):
+                if p.is_file():
+                    p.unlink()
+                    swept.append(p)
+    return swept
+
+
 def remove_table_parts(home: Home, table: str, keep: Iterable[str]) -> None:
     """Drop parts of a table whose key is no longer wanted (e.g. a tree that disappeared)."""
     keep = set(keep)

@@ -18,6 +18,7 @@ State is saved as JSON (config, thresholds, per-tree metadata) plus one safetens
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 
 from probex_core.trees import (
     TreeRecovery,
@@ -259,7 +261,14 @@ class Router:
         """Inverse of `save`."""
         directory = Path(directory)
         meta = json.loads((directory / "router.json").read_text())
-        tensors = load_file(str(directory / "router.safetensors"))
+        data = (directory / "router.safetensors").read_bytes()
+        want = meta.get("anchors_sha256")
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise ValueError(
+                f"{directory}: router.safetensors is not the one router.json was written with "
+                "(an interrupted save); materialise model_trees again"
+            )
+        tensors = safetensors_load(data)
         refs = {}
         for t in meta["trees"]:
             layers = t.pop("layers")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -205,8 +206,14 @@ class SearchIndex:
             "documented": json.dumps(self.documented),
             "params": json.dumps(self._params()),
         }
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(self._arrays(), str(path), metadata=meta)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(self._arrays(), str(tmp), metadata=meta)
+            os.replace(tmp, path)  # atomic: a reader sees the old index or the new one
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class IVFIndex(SearchIndex):
