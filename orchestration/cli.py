@@ -45,6 +45,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `dagster dev` on this home's instance and definitions."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    from orchestration.runner import dagster_home
+
+    exe = Path(sys.executable).with_name("dagster")
+    argv = [
+        str(exe) if exe.is_file() else shutil.which("dagster") or "dagster",
+        "dev",
+        "-m",
+        "orchestration.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), "PROBEX_HOME": str(home.root)}
+    last_run = home.root / "run.json"
+    if "PROBEX_HUB" not in env and last_run.is_file():  # the hub `probex run` last read
+        env["PROBEX_HUB"] = json.loads(last_run.read_text())["hub"]
+    return argv, env
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    argv, env = ui_command(_home(args), args.host, args.port)
+    if args.host != LOOPBACK:
+        print(f"probex: serving on {args.host}: anyone who reaches it can run jobs", flush=True)
+    print(f"Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(argv, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def load_named(name: str) -> str:
     from probex_core.catalog import load_sql
 
@@ -120,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, default=None, help="expert training epochs")
     run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
     run.set_defaults(func=_cmd_run)
+
+    ui = sub.add_parser("ui", help="the Dagster UI (dagster dev) on this home, on 127.0.0.1")
+    ui.add_argument(
+        "--host", default=LOOPBACK, help="address to listen on (default: loopback only)"
+    )
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=_cmd_ui)
 
     sql = sub.add_parser("sql", help="query the catalog (DuckDB, read-only)")
     sql.add_argument("query")

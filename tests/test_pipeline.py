@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,36 +13,15 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import requests
 import torch
 from safetensors.torch import load_file, save_file
 
 from probex_core import pipeline
 from probex_core.catalog import Home, query
+from tests.conftest import FAST, SHORT
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"epochs": 60, "sweep_epochs": 15, "val_every": 15}
-# for runs that check orchestration, not accuracy: the tiny experts still pass their gate
-# (mlp-a 0.59 per-class against chance 0.52, lora top-1 0.14 against 0.02)
-SHORT = {"epochs": 20, "sweep_epochs": 5, "val_every": 5}
-
-
-@pytest.fixture(scope="session")
-def tiny_hub_copy(tiny_zoo, tmp_path_factory) -> Path:
-    """A private copy of the tiny zoo (hub + manifest): tests here may change it."""
-    dst = tmp_path_factory.mktemp("hubcopy") / "zoo"
-    shutil.copytree(tiny_zoo, dst)
-    return dst
-
-
-@pytest.fixture(scope="session")
-def built(tiny_hub_copy, tmp_path_factory):
-    from orchestration.runner import run_all
-
-    home = Home(tmp_path_factory.mktemp("home"))
-    result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
-    return home, result
 
 
 def test_definitions_load():
@@ -335,6 +315,15 @@ def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, tmp
         for t in trees
         if not json.loads((home.expert_dir(t) / "meta.json").read_text()).get("skipped")
     )
+    # nothing half-written, every tree consistent, and the catalog still opens and answers
+    assert not [p for p in home.root.rglob("*.tmp") if "dagster" not in p.parts]
+    assert pipeline.stale_trees(home).stale == []
+    for tree in trees:
+        assert pipeline.verify_layers(home, tree) == [], tree
+    from probex_core.catalog import refresh_views
+
+    refresh_views(home)
+    assert len(query(home, "SELECT * FROM experts")) > 0
 
 
 def built_hub(home: Home) -> Path:
@@ -348,21 +337,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_webserver_serves_the_assets_over_graphql(tmp_path):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PROBEX_HOME": str(tmp_path / "home"),
-        "DAGSTER_HOME": str(tmp_path / "dh"),
-    }
-    (tmp_path / "dh").mkdir()
-    exe = Path(sys.executable).with_name("dagster-webserver")
+def test_probex_ui_serves_the_assets_on_loopback(tmp_path):
+    """`probex ui` (dagster dev on the home's instance) listens on 127.0.0.1 unless told
+    otherwise, and serves every asset over GraphQL."""
+    from orchestration.cli import build_parser, ui_command
+
+    args = build_parser().parse_args(["ui", "--port", str(_free_port())])
+    assert args.host == "127.0.0.1"
+    argv, env = ui_command(Home(tmp_path / "home"), args.host, args.port)
+    assert argv[argv.index("-h") + 1] == "127.0.0.1"
+    port = args.port
     proc = subprocess.Popen(
-        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,
+        argv,
+        cwd=tmp_path,  # not the checkout: the installed package is what it serves
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         query_text = "{ assetNodes { assetKey { path } groupName } }"
@@ -391,5 +382,9 @@ def test_webserver_serves_the_assets_over_graphql(tmp_path):
             "evaluations",
         } <= names
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
