@@ -30,3 +30,19 @@ def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PROBEX_HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError, match="no catalog"):
         main(["--debug", "sql", "SELECT 1"])
+
+
+def test_an_empty_hub_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("PROBEX_HOME", str(tmp_path / "home"))
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "--hub", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no repos found under" in err[0], err
+
+
+def test_an_unknown_tree_is_one_line_naming_the_known_ones(built, capsys, monkeypatch) -> None:
+    home, _ = built
+    monkeypatch.setenv("PROBEX_HOME", str(home.root))
+    assert main(["search", "red star", "--tree", "tree-nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown tree 'tree-nope'; trees with embeddings: tree-" in err[0]

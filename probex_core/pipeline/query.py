@@ -12,6 +12,7 @@ import torch
 
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, load_sql, query, read_table
+from probex_core.errors import UserError
 from probex_core.hub import LocalHubSource, RepoRecord, make_source
 from probex_core.pipeline.experts import is_list, load_meta, text_encoder
 from probex_core.pipeline.layers import (
@@ -30,17 +31,20 @@ def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) 
     """Rank stored model embeddings by similarity to `text` — in SQL, no weight is re-read."""
     stored = query(home, "SELECT DISTINCT tree_id, encoder FROM embeddings")
     if stored.empty:
-        raise RuntimeError("the catalog has no model embeddings yet; run `probex run` first")
+        raise UserError("the catalog has no model embeddings yet; run `probex run` first")
     if stored.encoder.nunique() > 1:
-        raise RuntimeError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
+        raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
+    if tree is not None and tree not in set(stored.tree_id):
+        known = ", ".join(sorted(stored.tree_id))
+        raise UserError(f"unknown tree {tree!r}; trees with embeddings: {known}")
     spec = load_meta(home, stored.tree_id.iloc[0])["encoder"]
     vec = text_encoder(home, spec).encode([text])[0].tolist()
     try:
         return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
     except duckdb.BinderException as e:
-        raise RuntimeError(
+        raise UserError(
             f"the catalog {home.catalog_path} was built by an older probex and has no search "
-            f"calibration columns ({e}); run `probex run` once to refresh it"
+            "calibration columns; run `probex run` once to refresh it"
         ) from e
 
 
