@@ -46,3 +46,18 @@ def test_an_unknown_tree_is_one_line_naming_the_known_ones(built, capsys, monkey
     assert main(["search", "red star", "--tree", "tree-nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown tree 'tree-nope'; trees with embeddings: tree-" in err[0]
+
+
+def test_predict_finds_a_repo_id_in_the_hub_of_the_last_run(built, capsys, monkeypatch) -> None:
+    """After `probex run --hub DIR`, `probex predict ORG/NAME` needs no --hub."""
+    from probex_core.catalog import query
+
+    home, _ = built
+    monkeypatch.setenv("PROBEX_HOME", str(home.root))
+    monkeypatch.delenv("PROBEX_HUB", raising=False)
+    repo, tree = query(
+        home, "SELECT repo_id, tree_id FROM models WHERE NOT documented AND kind = 'full' LIMIT 1"
+    ).iloc[0]
+    assert main(["predict", repo]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {repo}" in out and f"tree:  {tree}" in out

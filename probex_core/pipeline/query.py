@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, load_sql, query, read_table
 from probex_core.errors import UserError
-from probex_core.hub import LocalHubSource, RepoRecord, make_source
+from probex_core.hub import LocalHubSource, RepoError, RepoRecord, make_source
 from probex_core.pipeline.experts import is_list, load_meta, text_encoder
 from probex_core.pipeline.layers import (
     layer_transform,
@@ -81,10 +82,20 @@ def _resolve(home: Home, target: str, hub: str | None) -> tuple[object, RepoReco
         source = LocalHubSource(path.parent.parent)
         repo_id = f"{path.parent.name}/{path.name}"
         return source, source.crawl(repo_id)
+    hub = hub or os.environ.get("PROBEX_HUB") or last_run_hub(home)
     if hub is None:
-        hub = os.environ.get("PROBEX_HUB") or str(home.root / "zoo-default" / "hub")
+        raise UserError(
+            f"{target!r} is neither a file nor a directory, and no hub to look it up in: "
+            "pass --hub, or run `probex run` first"
+        )
     source = make_source(hub)
     return source, source.crawl(target)
+
+
+def last_run_hub(home: Home) -> str | None:
+    """The hub the last `probex run` on this home read (its run.json), if any."""
+    path = home.root / "run.json"
+    return json.loads(path.read_text()).get("hub") if path.is_file() else None
 
 
 def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -> Prediction:
@@ -93,7 +104,10 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
 
     source, record = _resolve(home, target, hub)
     router = Router.load(home.artifacts / "router")
-    wrec = weight_records(source, {record.repo_id: record})[0]
+    wrecs, rejected = weight_records(source, {record.repo_id: record})
+    if rejected:
+        raise RepoError(rejected[0].repo_id, rejected[0].path, rejected[0].reason)
+    wrec = wrecs[0]
     res = router.route(wrec)
     pred = Prediction(
         record.repo_id, res.tree_id, getattr(res, "reason", "") or "", float(res.distance)
