@@ -183,3 +183,27 @@ def retrieval(
         "precision_at_k": float(np.mean(prec)),
         "mAP": float(np.mean(aps)) if aps else float("nan"),
     }
+
+
+def expected_calibration_error(
+    probs: np.ndarray, Y: np.ndarray, single: bool, bins: int = 10
+) -> float:
+    """Expected calibration error over equal-width confidence bins: the weighted mean gap
+    between how confident predictions are and how often they are right. One class per model
+    (`single`): the top class's probability against whether it is the model's class. Several:
+    every (model, class) probability against whether the class is among the model's."""
+    if single:
+        conf = probs.max(1)
+        hit = Y[np.arange(len(Y)), probs.argmax(1)] > 0
+    else:
+        conf, hit = probs.ravel(), Y.ravel() > 0
+    if conf.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            gap += sel.mean() * abs(conf[sel].mean() - hit[sel].mean())
+    return float(gap)

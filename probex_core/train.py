@@ -424,12 +424,70 @@ def _map_batches(fn: Any, data: Dataset | torch.Tensor, batch_size: int) -> torc
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def predict_proba(
+@dataclass(frozen=True)
+class Calibration:
+    """How logits become probabilities: divided by a temperature fitted on validation, then
+    a softmax over the classes (one class per model) or a sigmoid per class (several)."""
+
+    temperature: float = 1.0
+    softmax: bool = False
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        z = logits / self.temperature
+        return torch.softmax(z, dim=-1) if self.softmax else torch.sigmoid(z)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], method: str) -> Calibration:
+        """The calibration an expert's meta.json records for `method` (none: identity)."""
+        entry = (meta.get("calibration") or {}).get(method)
+        return cls(**entry) if entry else cls()
+
+
+def predict_logits(
     model: WeightModel, data: Dataset | torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Sigmoid class probabilities (N, d_Y)."""
+    """Class logits (N, d_Y)."""
     model.eval()
-    return _map_batches(lambda X: torch.sigmoid(model(X)), data, batch_size)
+    return _map_batches(model, data, batch_size)
+
+
+def predict_proba(
+    model: WeightModel,
+    data: Dataset | torch.Tensor,
+    batch_size: int = 256,
+    calibration: Calibration | None = None,
+) -> torch.Tensor:
+    """Class probabilities (N, d_Y): sigmoids of the logits unless a calibration says
+    otherwise."""
+    return (calibration or Calibration()).probabilities(predict_logits(model, data, batch_size))
+
+
+def fit_temperature(logits: torch.Tensor, Y: torch.Tensor, softmax: bool) -> float:
+    """The temperature T minimising the validation negative log-likelihood of logits / T
+    (Guo et al. 2017): one number, so every ranking and every 0.5-threshold decision is
+    unchanged and only the confidence moves. Golden-section search on log T in [-4, 4]."""
+    z, y = logits.detach().double(), Y.double()
+
+    def nll(log_t: float) -> float:
+        zt = z / math.exp(log_t)
+        if softmax:
+            return float(-(y * torch.log_softmax(zt, dim=-1)).sum(-1).mean())
+        return float(F.binary_cross_entropy_with_logits(zt, y))
+
+    lo, hi = -4.0, 4.0
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)
 
 
 def embed(model: WeightModel, data: Dataset | torch.Tensor, batch_size: int = 256) -> torch.Tensor:

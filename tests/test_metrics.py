@@ -125,3 +125,18 @@ def test_representation_scores_separate_signal_from_noise(informative: bool) -> 
             assert value > ch + 0.1, metric
         else:
             assert abs(value - ch) < 0.1, metric
+
+
+def test_expected_calibration_error_is_zero_when_confidence_matches_hits_and_large_when_not():
+    from probex_core.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, size=(4000, 1))
+    honest = (rng.uniform(0, 1, size=p.shape) < p).astype(float)
+    assert expected_calibration_error(p, honest, single=False) < 0.03
+    overconfident = np.where(p > 0.5, 0.999, 0.001)
+    assert expected_calibration_error(overconfident, honest, single=False) > 0.2
+    # one class per model: the top class's probability against whether it is right
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    Y = np.array([[1, 0], [0, 1], [1, 0], [1, 0]])
+    assert expected_calibration_error(probs, Y, single=True) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)

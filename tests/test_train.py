@@ -342,3 +342,21 @@ def test_unknown_zero_shot_loss_and_probex_init_are_refused(splits) -> None:
         )
     with pytest.raises(ValueError, match="probex_init"):
         ExpertSettings(probex_init="zeros")
+
+
+def test_temperature_scaling_undoes_overconfidence_and_keeps_every_decision():
+    from probex_core.train import Calibration, fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 6, generator=g)
+    Y = (torch.rand(3000, 6, generator=g) < torch.sigmoid(z)).float()
+    T = fit_temperature(5 * z, Y, softmax=False)  # logits 5x too confident
+    assert 4.0 < T < 6.0
+    calibrated = Calibration(T).probabilities(5 * z)
+    assert torch.equal(calibrated > 0.5, torch.sigmoid(5 * z) > 0.5)
+    # one class per model: a softmax over the classes, each row a distribution
+    k = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
+    T1 = fit_temperature(0.25 * z, torch.nn.functional.one_hot(k, 6).float(), softmax=True)
+    assert 0.15 < T1 < 0.4
+    p = Calibration(T1, softmax=True).probabilities(0.25 * z)
+    assert torch.allclose(p.sum(1), torch.ones(3000)) and torch.equal(p.argmax(1), z.argmax(1))

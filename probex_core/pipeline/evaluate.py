@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.metrics import (
+    expected_calibration_error,
     knn_accuracy,
     mean_average_precision,
     one_class_auc,
@@ -39,7 +40,7 @@ from probex_core.pipeline.experts import (
 )
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import class_prompts
-from probex_core.train import load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
 
 EVAL_COLUMNS = {
@@ -103,6 +104,17 @@ def hub_truth(home: Home) -> tuple[dict[str, dict], list[str]]:
     return truth, sorted(held - seen)
 
 
+def calibration_scores(probs: np.ndarray, Y: np.ndarray, single: bool) -> dict[str, float]:
+    """How honest the probabilities are: expected calibration error, the median probability
+    of each model's top class, and how often that top class is one of the model's."""
+    top = probs.argmax(1)
+    return {
+        "expected_calibration_error": expected_calibration_error(probs, Y, single),
+        "median_top_probability": float(np.median(probs.max(1))),
+        "top_class_hit_rate": float((Y[np.arange(len(Y)), top] > 0).mean()),
+    }
+
+
 def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     rows: list[dict] = []
 
@@ -155,8 +167,13 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         )
         for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
             add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
+        # per true tree, under the id of the recovered tree with the same root (the zoo's own
+        # name, e.g. "truth:mlp-a", only when no recovered tree has that root)
+        ours = {r: t for t, r in read_table(home, "tree_summary")[["tree_id", "root_repo"]].values}
+        roots = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]}
         for tt, s in scores["per_tree"].items():
-            add(tt, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
+            tree = ours.get(roots.get(tt), f"truth:{tt}")
+            add(tree, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
 
     routes = read_table(home, "routes").set_index("repo_id")
     summary = read_table(home, "tree_summary").set_index("tree_id")
@@ -233,6 +250,15 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                     )
             if "probex" in meta["checkpoints"]:
                 model, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["probex"])
+                single = bool(meta.get("single_label"))
+                for method, calibration in (
+                    ("probex", Calibration.from_meta(meta, "probex")),
+                    ("probex-uncalibrated", Calibration()),  # plain sigmoids, as before
+                ):
+                    for metric, value in calibration_scores(
+                        predict_proba(model, X[test], calibration=calibration).numpy(), Yt, single
+                    ).items():
+                        add(tree_id, method, metric, value, None, len(test), "test")
                 with torch.no_grad():
                     reps = {"probex": model.encode(X).numpy(), "raw-weights": X.flatten(1).numpy()}
                 train_idx = [lab_rows[i] for i in train_rows]

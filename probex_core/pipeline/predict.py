@@ -11,7 +11,7 @@ from probex_core.pipeline.common import StepReport, digest, frame
 from probex_core.pipeline.experts import load_meta, text_encoder
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import class_prompts
-from probex_core.train import load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
 
 PRED_COLUMNS = {
     "repo_id": "str",
@@ -57,7 +57,7 @@ def tree_outputs(
         X = stack.read(slice(0, len(stack)))
     clf, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["probex"])
     zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
-    probs = predict_proba(clf, X).numpy()
+    probs = predict_proba(clf, X, calibration=Calibration.from_meta(meta, "probex")).numpy()
     emb = text_space(zs, X).numpy()
     encoder = zmeta.get("encoder_name", meta["encoder"])
     texts = text_encoder(home, meta["encoder"]).encode(class_prompts(meta["classes"]))
