@@ -1,6 +1,8 @@
 """Shared glue: turn core step reports into Dagster metadata, GX reports into check results."""
 
 import base64
+import os
+from collections.abc import Callable
 
 import dagster as dg
 import pandas as pd
@@ -33,3 +35,19 @@ def check_result(report: QualityReport, extra: dict | None = None) -> dg.AssetCh
     meta = {"rows": report.n_rows, "expectations": report.evaluated, "summary": report.summary()}
     meta.update(extra or {})
     return dg.AssetCheckResult(passed=report.success, metadata=meta)
+
+
+PROGRESS_ENV = "PROBEX_PROGRESS"  # set by `probex run`: progress lines also go to stdout
+
+
+def progress(context: dg.AssetExecutionContext) -> Callable[[str], None]:
+    """Where a step's progress lines go: the run's log (the UI shows it) and, under
+    `probex run`, the terminal."""
+    echo = os.environ.get(PROGRESS_ENV) == "1"
+
+    def say(line: str) -> None:
+        context.log.info(line)
+        if echo:
+            print(f"        {line}", flush=True)
+
+    return say

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from assets._common import report_metadata
+from assets._common import progress, report_metadata
 from assets.layers import tree_layers
 from assets.partitions import TREES
 from orchestration.resources import ProbexHome
@@ -60,7 +60,9 @@ class ExpertTraining(dg.Config):
 def tree_experts(
     context: dg.AssetExecutionContext, config: ExpertTraining, probex_home: ProbexHome
 ) -> dg.MaterializeResult:
-    report = pipeline.train_experts(probex_home.get(), context.partition_key, config.settings())
+    report = pipeline.train_experts(
+        probex_home.get(), context.partition_key, config.settings(), progress=progress(context)
+    )
     return dg.MaterializeResult(
         metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
     )
@@ -78,4 +80,22 @@ def tree_experts_gate(
     problems, facts = pipeline.verify_experts(probex_home.get(), context.partition_key)
     return dg.AssetCheckResult(
         passed=not problems, metadata={"problems": "\n".join(problems) or "none", **facts}
+    )
+
+
+@dg.asset_check(
+    asset=tree_experts,
+    partitions_def=TREES,
+    description="the tree got experts; a tree with too few documented models is skipped, "
+    "which this check reports as a warning with the reason",
+)
+def tree_experts_trained(
+    context: dg.AssetCheckExecutionContext, probex_home: ProbexHome
+) -> dg.AssetCheckResult:
+    reason = pipeline.load_meta(probex_home.get(), context.partition_key).get("skipped")
+    return dg.AssetCheckResult(
+        passed=not reason,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"skipped: {reason}" if reason else "trained",
+        metadata={"skipped": reason or "no"},
     )

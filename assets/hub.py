@@ -3,7 +3,7 @@
 import dagster as dg
 import great_expectations.expectations as gxe
 
-from assets._common import check_result, report_metadata
+from assets._common import check_result, progress, report_metadata
 from orchestration.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
@@ -20,7 +20,7 @@ from probex_core.quality import validate
 def hub_repos(
     context: dg.AssetExecutionContext, probex_home: ProbexHome, hub: HubSourceResource
 ) -> dg.MaterializeResult:
-    report = pipeline.crawl(probex_home.get(), hub.source())
+    report = pipeline.crawl(probex_home.get(), hub.source(), progress=progress(context))
     context.log.info(
         f"crawled {report.summary['repos']} repos, rejected {report.summary['rejected']}"
     )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets._common import report_metadata
+from assets._common import progress, report_metadata
 from assets.partitions import TREES
 from assets.trees import model_trees
 from orchestration.resources import HubSourceResource, ProbexHome
@@ -20,7 +20,9 @@ from probex_core import pipeline
 def tree_layers(
     context: dg.AssetExecutionContext, probex_home: ProbexHome, hub: HubSourceResource
 ) -> dg.MaterializeResult:
-    report = pipeline.extract_layers(probex_home.get(), hub.source(), context.partition_key)
+    report = pipeline.extract_layers(
+        probex_home.get(), hub.source(), context.partition_key, progress=progress(context)
+    )
     return dg.MaterializeResult(
         metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
     )

@@ -3,7 +3,7 @@
 import dagster as dg
 import great_expectations.expectations as gxe
 
-from assets._common import report_metadata
+from assets._common import progress, report_metadata
 from assets.hub import hub_repos
 from assets.partitions import TREES
 from orchestration.resources import HubSourceResource, ProbexHome
@@ -25,7 +25,7 @@ from probex_core.trees import ABSENT
 def model_trees(
     context: dg.AssetExecutionContext, probex_home: ProbexHome, hub: HubSourceResource
 ) -> dg.MaterializeResult:
-    report = pipeline.recover(probex_home.get(), hub.source())
+    report = pipeline.recover(probex_home.get(), hub.source(), progress=progress(context))
     tree_ids = report.summary["tree_ids"].split(",") if report.summary["tree_ids"] else []
     known = set(context.instance.get_dynamic_partitions(TREES.name))
     new = [t for t in tree_ids if t not in known]

@@ -31,18 +31,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from orchestration.runner import ensure_default_hub, run_all
-    from probex_core.catalog import query
 
     home = _home(args)
-    hub = (
-        args.hub
-        or os.environ.get("PROBEX_HUB")
-        or str(ensure_default_hub(home, args.zoo, args.seed))
-    )
-    config = {"epochs": args.epochs} if args.epochs else None
+    hub = args.hub or os.environ.get("PROBEX_HUB")
+    quick = hub is None and args.zoo == "tiny"
+    hub = hub or str(ensure_default_hub(home, args.zoo, args.seed))
+    epochs = args.epochs or (QUICK_EPOCHS if quick else None)
+    config = {"epochs": epochs} if epochs else None
     run_all(home, hub, expert_config=config, force=args.force)
-    print(_table(query(home, load_named("report_evaluations"))))
+    print(_summary(home))
     return 0
+
+
+QUICK_EPOCHS = 100  # `probex run --zoo tiny`: a quick look, not the README's measurements
+
+
+def _summary(home) -> str:
+    """The end of a run: one row per tree, the hub-wide scores, and where the rest is."""
+    from probex_core.catalog import query
+
+    lines = ["", _table(query(home, load_named("report_summary")))]
+    hub = query(home, load_named("report_hub"))
+    if len(hub):
+        lines.append("")
+        lines.append(
+            "hub-wide: "
+            + "; ".join(
+                f"{r.metric} ({r.method}, {r.split}) {r.value:.3f}" for r in hub.itertuples()
+            )
+        )
+    lines.append(
+        '\nmore: `probex report`; `probex sql "SELECT * FROM evaluations"` (every metric), '
+        "views: models, trees, experts, predictions, evaluations, rejected_repos, embeddings"
+    )
+    return "\n".join(lines)
 
 
 LOOPBACK = "127.0.0.1"
@@ -97,7 +119,7 @@ def load_named(name: str) -> str:
 def _table(df) -> str:
     if df.empty:
         return "(no rows)"
-    return df.to_markdown(index=False, floatfmt=".4g")
+    return df.astype(object).where(df.notna(), "").to_markdown(index=False, floatfmt=".4g")
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
@@ -126,6 +148,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     home = _home(args)
     for title, name in (
+        ("Summary", "report_summary"),
         ("Trees", "report_trees"),
         ("Experts (validation)", "report_experts"),
         ("Evaluations (ground truth)", "report_evaluations"),
@@ -202,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in zoo preset used when no hub is given",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the built-in zoo")
-    run.add_argument("--epochs", type=int, default=None, help="expert training epochs")
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"expert training epochs (default: 300; {QUICK_EPOCHS} for the built-in tiny zoo)",
+    )
     run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
     run.set_defaults(func=_cmd_run)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets._common import PROGRESS_ENV
 from assets.evaluation import evaluations, model_predictions
 from assets.experts import tree_experts
 from assets.hub import hub_repos
@@ -33,12 +34,17 @@ from probex_core.hub import describe_hub, make_source
 
 
 def dagster_home(home: Home) -> Path:
-    """The Dagster instance directory under the home (telemetry off), made on first use."""
+    """The Dagster instance directory under the home, made (or its settings brought up to
+    date) on use."""
     home.dagster_home.mkdir(parents=True, exist_ok=True)
     config = home.dagster_home / "dagster.yaml"
-    if not config.exists():
-        atomic_write_bytes(config, b"telemetry:\n  enabled: false\n")
+    if not config.exists() or config.read_bytes() != DAGSTER_YAML:
+        atomic_write_bytes(config, DAGSTER_YAML)
     return home.dagster_home
+
+
+# telemetry off; no "join the community" modal over the UI of a home probex created
+DAGSTER_YAML = b"telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 
 
 def instance_for(home: Home) -> dg.DagsterInstance:
@@ -59,6 +65,7 @@ def run_all(
         *dg.load_assets_from_modules(ASSET_MODULES),
         *dg.load_asset_checks_from_modules(ASSET_MODULES),
     ]
+    os.environ[PROGRESS_ENV] = "1"  # the steps' progress lines reach this terminal
     resources = make_resources(str(home.root), hub_spec)
     instance = instance_for(home)
     home.root.mkdir(parents=True, exist_ok=True)
@@ -97,30 +104,66 @@ def run_all(
         instance.add_dynamic_partitions(TREES.name, new)
     fresh = len(plan.wanted) - len(targets)
     _step(2, 4, f"{len(plan.wanted)} trees: {len(targets)} to build, {fresh} up to date")
+    names = tree_names(home)
     for i, tree in enumerate(targets, 1):
         t = time.perf_counter()
+        print(f"      tree {i}/{len(targets)} {names.get(tree, tree)} ({tree})", flush=True)
         materialize(
             partition_key=tree,
             selection=[tree_layers, tree_experts],
             run_config=run_config,
         )
-        print(
-            f"      tree {i}/{len(targets)} {tree}: layers + experts in {time.perf_counter() - t:.1f}s",
-            flush=True,
-        )
+        print(f"        {expert_line(home, tree)} ({time.perf_counter() - t:.1f}s)", flush=True)
 
     t = _step(3, 4, "route every model to its expert; evaluate")
     materialize(selection=[model_predictions, evaluations])
     _step(4, 4, f"done in {time.perf_counter() - started:.1f}s; catalog: {home.catalog_path}")
-    failed = [f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed]
+    results = {_check_key(c): c for c in checks}
+    failed = [k for k, c in results.items() if not c.passed and c.severity != WARN]
+    warned = [k for k, c in results.items() if not c.passed and c.severity == WARN]
     if failed:
         print(f"      checks FAILED: {', '.join(failed)}", flush=True)
+    for key in warned:
+        c = results[key]
+        where = names.get(c.partition, c.partition) if c.partition else key
+        print(f"      warning: {where}: {c.description or c.check_name}", flush=True)
     return {
         "built": targets,
         "fresh": fresh,
         "seconds": time.perf_counter() - started,
-        "checks": {f"{c.asset_key.to_user_string()}:{c.check_name}": c.passed for c in checks},
+        "checks": {k: c.passed for k, c in results.items() if c.severity != WARN},
+        "warnings": {k: c.description or "" for k, c in results.items() if k in warned},
     }
+
+
+WARN = dg.AssetCheckSeverity.WARN
+
+
+def _check_key(c: dg.AssetCheckEvaluation) -> str:
+    key = f"{c.asset_key.to_user_string()}:{c.check_name}"
+    return f"{key}[{c.partition}]" if c.partition else key
+
+
+def tree_names(home: Home) -> dict[str, str]:
+    """tree id → its readable name (the root repo)."""
+    from probex_core.catalog import read_table
+
+    summary = read_table(home, "tree_summary")
+    return dict(zip(summary.tree_id, summary.root_repo, strict=True))
+
+
+def expert_line(home: Home, tree: str) -> str:
+    """What one tree's build gave: its experts' layer and validation score, or why none."""
+    meta = pipeline.load_meta(home, tree)
+    if meta.get("skipped"):
+        return f"no expert: {meta['skipped']}"
+    from probex_core.catalog import read_table
+
+    res = read_table(home, "expert_results")
+    metric = "val_top1" if meta.get("single_label") else "val_per_class_accuracy"
+    row = res[(res.tree_id == tree) & (res.method == "probex") & (res.metric == metric)]
+    score = f"ProbeX {metric[4:]} {row.value.iloc[0]:.3f} (chance {row.chance.iloc[0]:.3f})"
+    return f"experts on layer {meta['layer']}: {score if len(row) else 'no score'}"
 
 
 def split_report(home: Home) -> list[str]:

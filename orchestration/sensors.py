@@ -58,6 +58,7 @@ def plan_rebuilds(home, known_partitions: set[str]) -> dg.SensorResult | dg.Skip
 @dg.sensor(
     job=rebuild_tree_job,
     minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Rebuild layers and experts of exactly the trees that changed.",
 )
 def stale_trees_sensor(context: dg.SensorEvaluationContext, probex_home: ProbexHome):
@@ -68,10 +69,15 @@ def stale_trees_sensor(context: dg.SensorEvaluationContext, probex_home: ProbexH
 @dg.sensor(
     job=crawl_job,
     minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-crawl when the hub's listing (files, sizes, times) changes.",
 )
-def hub_change_sensor(context: dg.SensorEvaluationContext, hub: HubSourceResource):
+def hub_change_sensor(
+    context: dg.SensorEvaluationContext, hub: HubSourceResource, probex_home: ProbexHome
+):
     state = pipeline.hub_listing_fingerprint(hub.source())
-    if state == context.cursor:
+    # first tick: the listing the last crawl saw stands in for a cursor, so opening the UI
+    # after `probex run` does not crawl an unchanged hub again
+    if state == (context.cursor or pipeline.crawled_listing(probex_home.get())):
         return dg.SkipReason("hub unchanged")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=state)], cursor=state)

@@ -156,6 +156,7 @@ BASE_TABLES = (
     "tree_summary",
     "card_disagreements",
     "expert_results",
+    "expert_status",
     "layer_sweep",
     "predictions_long",
     "model_embeddings",

@@ -1,1 +1,3 @@
-SELECT tree_id, root_repo, kind, size, n_documented, n_undocumented FROM trees ORDER BY size DESC;
+SELECT name, tree_id, kind, size, n_documented, n_undocumented, expert_status,
+       coalesce(expert_note, '') AS expert_note
+FROM trees ORDER BY size DESC;

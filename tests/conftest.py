@@ -45,9 +45,23 @@ def tiny_hub_copy(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="session")
 def built(tiny_hub_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, dict]:
-    """The whole graph materialised once on the tiny zoo (FAST experts): (home, run result)."""
+    """The whole graph materialised once on the tiny zoo (FAST experts): (home, run result
+    with the run's printed "output")."""
+    import contextlib
+    import io
+
     from orchestration.runner import run_all
 
     home = Home(tmp_path_factory.mktemp("home"))
-    result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
-    return home, result
+    out = io.StringIO()
+    saved = os.environ.get("PROBEX_PROGRESS_EVERY")
+    os.environ["PROBEX_PROGRESS_EVERY"] = "0"  # every progress line, whatever the speed
+    try:
+        with contextlib.redirect_stdout(out):
+            result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
+    finally:
+        if saved is None:
+            os.environ.pop("PROBEX_PROGRESS_EVERY")
+        else:
+            os.environ["PROBEX_PROGRESS_EVERY"] = saved
+    return home, {**result, "output": out.getvalue()}

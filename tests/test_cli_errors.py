@@ -45,7 +45,21 @@ def test_an_unknown_tree_is_one_line_naming_the_known_ones(built, capsys, monkey
     monkeypatch.setenv("PROBEX_HOME", str(home.root))
     assert main(["search", "red star", "--tree", "tree-nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown tree 'tree-nope'; trees with embeddings: tree-" in err[0]
+    assert len(err) == 1 and "unknown tree 'tree-nope'; trees with embeddings: " in err[0]
+    assert "foundation-lab/mlp-alpha (tree-" in err[0]
+
+
+def test_a_tree_is_found_by_its_name_or_its_id(built, capsys, monkeypatch) -> None:
+    from probex_core.catalog import query
+
+    home, _ = built
+    monkeypatch.setenv("PROBEX_HOME", str(home.root))
+    tree = query(home, "SELECT tree_id FROM trees WHERE name = 'foundation-lab/mlp-alpha'")
+    outputs = []
+    for ask in ("foundation-lab/mlp-alpha", tree.tree_id.iloc[0]):
+        assert main(["search", "red star", "--tree", ask, "-k", "3"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count(tree.tree_id.iloc[0]) == 3
 
 
 def test_predict_finds_a_repo_id_in_the_hub_of_the_last_run(built, capsys, monkeypatch) -> None:

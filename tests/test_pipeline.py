@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -388,3 +389,29 @@ def test_probex_ui_serves_the_assets_on_loopback(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def test_a_run_says_what_it_does_and_ends_with_one_row_per_tree(built):
+    """Progress lines for the crawl and the experts, trees named by their root repo, the
+    skipped tree (mlp-b: 19 documented models < 40) with its reason in the run and in the
+    closing summary, which has one row per tree."""
+    from orchestration.cli import _summary
+
+    home, result = built
+    out = result["output"]
+    assert "crawled 242 repos (0 rejected)" in out
+    assert "experts: layer fc2 chosen; training ProbeX and baselines" in out
+    assert re.search(r"tree \d/3 foundation-lab/mlp-alpha \(tree-[0-9a-f]{12}\)", out)
+    reason = re.search(r"no expert: (\d+ documented models < 40 needed for an expert)", out)
+    assert reason, out
+    assert f"warning: openvision/mlp-base: skipped: {reason.group(1)}" in out
+    assert result["warnings"] and all(result["checks"].values())
+    summary = _summary(home)
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "tree-" in line]
+    trees = query(home, "SELECT tree_id, name FROM trees")
+    assert len(rows) == len(trees) == 3
+    for tree_id, name in zip(trees.tree_id, trees.name, strict=True):
+        (row,) = [r for r in rows if tree_id in r]
+        assert row.startswith(f"| {name} ")
+    (skipped,) = [r for r in rows if "openvision/mlp-base" in r]
+    assert reason.group(1) in skipped

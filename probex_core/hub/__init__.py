@@ -11,7 +11,7 @@ cards only; `read_layer` later fetches just the tensors of one layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -82,7 +82,11 @@ def require_finite(record: RepoRecord, layer_name: str, x: torch.Tensor) -> torc
     )
 
 
-def crawl_all(source: HubSource, progress: bool = False) -> tuple[list[RepoRecord], list[Rejected]]:
+def crawl_all(
+    source: HubSource,
+    progress: bool = False,
+    on_repo: Callable[[int, int], None] | None = None,
+) -> tuple[list[RepoRecord], list[Rejected]]:
     """Crawl every repo the source lists; a bad repo becomes `Rejected`, never a crash.
 
     Anything a hostile or broken repo can provoke is caught per repo (RepoError, and as a
@@ -108,6 +112,8 @@ def crawl_all(source: HubSource, progress: bool = False) -> tuple[list[RepoRecor
                     printable(str(repo_id)), "", printable(f"unexpected {type(e).__name__}: {e}")
                 )
             )
+        if on_repo is not None:
+            on_repo(len(records) + len(rejected), len(rejected))
     return records, rejected
 
 

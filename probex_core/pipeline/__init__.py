@@ -6,9 +6,14 @@ assets. Nothing here imports dagster.
 """
 
 from probex_core.pipeline.common import CODE_VERSIONS, ExpertSettings, StepReport
-from probex_core.pipeline.crawl import crawl, hub_listing_fingerprint, load_records
+from probex_core.pipeline.crawl import (
+    crawl,
+    crawled_listing,
+    hub_listing_fingerprint,
+    load_records,
+)
 from probex_core.pipeline.evaluate import evaluate
-from probex_core.pipeline.experts import train_experts, verify_experts
+from probex_core.pipeline.experts import load_meta, train_experts, verify_experts
 from probex_core.pipeline.layers import extract_layers, verify_layers
 from probex_core.pipeline.predict import predict
 from probex_core.pipeline.recover import recover
@@ -20,9 +25,11 @@ __all__ = [
     "StalePlan",
     "StepReport",
     "crawl",
+    "crawled_listing",
     "evaluate",
     "extract_layers",
     "hub_listing_fingerprint",
+    "load_meta",
     "load_records",
     "predict",
     "recover",

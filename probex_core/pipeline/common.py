@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -17,10 +20,30 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "4",
     "tree_layers": "3",
-    "tree_experts": "6",
-    "model_predictions": "3",
-    "evaluations": "7",
+    "tree_experts": "7",
+    "model_predictions": "4",
+    "evaluations": "8",
 }
+
+
+EVERY_ENV = "PROBEX_PROGRESS_EVERY"  # seconds between two progress lines of a step (10)
+Progress = Callable[[str], None]  # where a step says what it is doing, one line at a time
+
+
+class Ticker:
+    """Passes a progress line on at most once per `every` seconds (the first one only after
+    `every` seconds too): a step that finishes quickly says nothing."""
+
+    def __init__(self, say: Progress | None, every: float | None = None) -> None:
+        self.say = say
+        self.every = float(os.environ.get(EVERY_ENV, "10")) if every is None else every
+        self.last = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        if self.say is not None and now - self.last >= self.every:
+            self.last = now
+            self.say(line)
 
 
 @dataclass

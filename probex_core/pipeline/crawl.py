@@ -10,7 +10,7 @@ import pandas as pd
 
 from probex_core.catalog import Home, atomic_write_json, write_table
 from probex_core.hub import HubSource, Rejected, RepoRecord, TensorInfo, crawl_all
-from probex_core.pipeline.common import StepReport, digest, frame
+from probex_core.pipeline.common import Progress, StepReport, Ticker, digest, frame
 
 REPO_COLUMNS = {
     "repo_id": "str",
@@ -73,10 +73,18 @@ def _n_params(r: RepoRecord) -> int:
     return total
 
 
-def crawl(home: Home, source: HubSource) -> StepReport:
-    records, rejected = crawl_all(source, progress=False)
+def crawl(home: Home, source: HubSource, progress: Progress | None = None) -> StepReport:
+    tick = Ticker(progress)
+    # before the crawl, so a change during it shows; directory hubs only (a Hub API listing
+    # is a network crawl of its own)
+    listing = hub_listing_fingerprint(source) if getattr(source, "root", None) else None
+    records, rejected = crawl_all(
+        source, on_repo=lambda n, bad: tick(f"crawled {n:,} repos ({bad:,} rejected)")
+    )
     records.sort(key=lambda r: r.repo_id)
     atomic_write_json(records_path(home), [_record_to_json(r) for r in records])
+    if listing is not None:
+        atomic_write_json(home.artifacts / "listing.json", {"fingerprint": listing})
     rows = [
         {
             "repo_id": r.repo_id,
@@ -128,6 +136,12 @@ def write_rejected(home: Home, part: str, stage: str, rejected: list[Rejected]) 
     rej = frame(sorted(rows, key=lambda d: d["repo_id"]), REJECTED_COLUMNS)
     write_table(home, "rejected", rej, part=part)
     return rej
+
+
+def crawled_listing(home: Home) -> str | None:
+    """The hub listing fingerprint the last crawl saw (None before the first crawl)."""
+    path = home.artifacts / "listing.json"
+    return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
 
 
 def hub_listing_fingerprint(source: HubSource) -> str:

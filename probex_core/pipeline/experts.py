@@ -16,6 +16,7 @@ from probex_core.models import build_model, count_parameters
 from probex_core.pipeline.common import (
     CODE_VERSIONS,
     ExpertSettings,
+    Progress,
     StepReport,
     digest,
     frame,
@@ -29,8 +30,10 @@ from probex_core.train import (
     TrainConfig,
     TrainResult,
     fit_ridge,
+    fit_temperature,
     load_expert,
     open_layer_stack,
+    predict_logits,
     predict_proba,
     save_expert,
     train_expert,
@@ -141,7 +144,9 @@ def _plot(tree_id: str, curve: dict[str, float], history: list[dict]) -> bytes:
     return png(fig)
 
 
-def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepReport:
+def train_experts(
+    home: Home, tree_id: str, settings: ExpertSettings, progress: Progress | None = None
+) -> StepReport:
     index = load_layer_index(home, tree_id)
     repo_ids = index["repo_ids"]
     classes, rows, Y = tree_labels(home, repo_ids)
@@ -161,6 +166,11 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     objective = "single" if single_label else "classify"
     t0 = time.perf_counter()
     splits = {n: (data(n, tr), data(n, va)) for n in index["layers"]}
+    say = progress or (lambda line: None)
+    say(
+        f"experts: {len(rows)} documented models ({len(tr)} train, {len(va)} val), "
+        f"{len(classes)} classes; sweeping {len(splits)} layers ({settings.sweep_epochs} epochs)"
+    )
     sweep_cfg = settings.train_config(objective, sweep=True)
     swept = {
         n: warm_probex(a, b, len(classes), sweep_cfg, settings, single_label)
@@ -185,7 +195,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
         "settings": asdict(settings),
     }
 
-    results, checkpoints = [], {}
+    results, checkpoints, calibration = [], {}, {}
 
     def record(
         method: str, objective: str, metric: str, value: float, chance_: float, ckpt: str
@@ -207,6 +217,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             }
         )
 
+    say(f"experts: layer {layer} chosen; training ProbeX and baselines ({settings.epochs} epochs)")
     ridge, probex = warm_probex(
         train_d, val_d, len(classes), cfg, settings, single_label, ridge=swept[layer][0]
     )
@@ -227,6 +238,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
             path, res.model, {**meta, "method": method, "params": count_parameters(res.model)}
         )
         checkpoints[method] = path.name
+        calibration[method] = calibrate(res.model, val_d, single_label)
         probs = predict_proba(res.model, val_d).numpy()
         record(
             method,
@@ -251,12 +263,14 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     path = out / "ridge.safetensors"
     save_expert(path, ridge.model, {**meta, "method": "ridge", "ridge_lambda": ridge.ridge})
     checkpoints["ridge"] = path.name
+    calibration["ridge"] = calibrate(ridge.model, val_d, single_label)
     probs = predict_proba(ridge.model, val_d).numpy()
     record("ridge", "classify", "val_per_class_accuracy",
            per_class_accuracy(val_d.Y.numpy(), probs), chance, path.name)  # fmt: skip
     if single_label:
         record("ridge", "classify", "val_top1", ridge.best_metric, 1 / len(classes), path.name)
 
+    say("experts: training the zero-shot expert (text space)")
     encoder = text_encoder(home, settings.encoder)
     texts = encoder.encode(class_prompts(classes))
     present = val_d.Y[:, val_d.Y.sum(0) > 0]
@@ -299,6 +313,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
     meta.update(
         {
             "checkpoints": checkpoints,
+            "calibration": calibration,
             "sweep": curve,
             "seconds": time.perf_counter() - t0,
             "split_from": split_from,
@@ -309,6 +324,7 @@ def train_experts(home: Home, tree_id: str, settings: ExpertSettings) -> StepRep
         }
     )
     atomic_write_json(out / "meta.json", meta)
+    write_status(home, tree_id, "trained", None, layer)
     res_df = frame(results, RESULT_COLUMNS)
     write_table(home, "expert_results", res_df, part=tree_id)
     write_table(
@@ -372,6 +388,25 @@ def encoder_state(model) -> dict[str, torch.Tensor]:
     }
 
 
+STATUS_COLUMNS = {"tree_id": "str", "status": "str", "reason": "str", "layer": "str"}
+
+
+def write_status(
+    home: Home, tree_id: str, status: str, reason: str | None, layer: str | None
+) -> None:
+    """One row of `expert_status`: whether the tree got experts ("trained") or not
+    ("skipped", with the reason), and the layer they read."""
+    row = {"tree_id": tree_id, "status": status, "reason": reason, "layer": layer}
+    write_table(home, "expert_status", frame([row], STATUS_COLUMNS), part=tree_id)
+
+
+def calibrate(model, val: TensorData, single_label: bool) -> dict:
+    """The temperature (fitted on validation) and output rule of one classifier, as stored in
+    meta.json["calibration"][method] and read back by `Calibration.from_meta`."""
+    logits = predict_logits(model, val)
+    return {"temperature": fit_temperature(logits, val.Y, single_label), "softmax": single_label}
+
+
 def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings) -> StepReport:
     """Too few documented models to learn from: no expert, said plainly (and not retried
     until the tree changes). Its models are still routed; they get no class predictions."""
@@ -392,6 +427,7 @@ def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings
     )
     write_table(home, "expert_results", frame([], RESULT_COLUMNS), part=tree_id)
     write_table(home, "layer_sweep", frame([], SWEEP_COLUMNS), part=tree_id)
+    write_status(home, tree_id, "skipped", reason, None)
     return StepReport(
         summary={"tree_id": tree_id, "skipped": reason}, data_version=index["version"]
     )

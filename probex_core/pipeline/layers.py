@@ -10,7 +10,14 @@ import torch
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, atomic_write_json, read_table
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, require_finite
-from probex_core.pipeline.common import CODE_VERSIONS, ExpertSettings, StepReport, digest
+from probex_core.pipeline.common import (
+    CODE_VERSIONS,
+    ExpertSettings,
+    Progress,
+    StepReport,
+    Ticker,
+    digest,
+)
 from probex_core.pipeline.crawl import layers_part, load_records, write_rejected
 from probex_core.train import open_layer_stack, write_layer_stack
 from probex_core.trees import is_head_layer
@@ -165,7 +172,13 @@ def load_reference(home: Home, tree_id: str, layer: str) -> torch.Tensor | None:
         return stack.read(slice(0, len(stack)))
 
 
-def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int = 6) -> StepReport:
+def extract_layers(
+    home: Home,
+    source: HubSource,
+    tree_id: str,
+    max_layers: int = 6,
+    progress: Progress | None = None,
+) -> StepReport:
     records = load_records(home)
     ids = tree_members(home, tree_id)
     recs = [records[i] for i in ids]
@@ -184,6 +197,8 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
     layers = candidate_layers(shapes, MAX_SCREENED)
     if not layers:
         raise ValueError(f"tree {tree_id}: its members share no 2-D layer")
+    if progress is not None and len(layers) > max_layers:
+        progress(f"layers: screening {len(layers)} candidate layers on labelled models")
     screen = (
         screen_layers(home, source, recs, layers, None if lora else root_id)
         if len(layers) > max_layers
@@ -196,7 +211,9 @@ def extract_layers(home: Home, source: HubSource, tree_id: str, max_layers: int 
         layers = {n: layers[n] for n in _even(list(layers), max_layers)}
     stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     kept, rejected = [], []
-    for r in recs:
+    tick = Ticker(progress)
+    for i, r in enumerate(recs):
+        tick(f"layers: read {i:,}/{len(recs):,} models")
         try:
             mats = member_layers(source, r, layers)
         except RepoError as e:

@@ -25,7 +25,7 @@ from probex_core.pipeline.layers import (
 from probex_core.pipeline.predict import text_space
 from probex_core.pipeline.recover import weight_records
 from probex_core.text import class_prompts
-from probex_core.train import load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
 
 
 def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
@@ -35,9 +35,8 @@ def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) 
         raise UserError("the catalog has no model embeddings yet; run `probex run` first")
     if stored.encoder.nunique() > 1:
         raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
-    if tree is not None and tree not in set(stored.tree_id):
-        known = ", ".join(sorted(stored.tree_id))
-        raise UserError(f"unknown tree {tree!r}; trees with embeddings: {known}")
+    if tree is not None:
+        tree = resolve_tree(home, tree, set(stored.tree_id))
     spec = load_meta(home, stored.tree_id.iloc[0])["encoder"]
     vec = text_encoder(home, spec).encode([text])[0].tolist()
     try:
@@ -47,6 +46,19 @@ def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) 
             f"the catalog {home.catalog_path} was built by an older probex and has no search "
             "calibration columns; run `probex run` once to refresh it"
         ) from e
+
+
+def resolve_tree(home: Home, tree: str, among: set[str]) -> str:
+    """A tree asked for by id (tree-1a2b…) or by name (its root repo) → its id in `among`;
+    a UserError listing the names there are otherwise."""
+    trees = query(home, "SELECT tree_id, name FROM trees")
+    by_name = {n: t for t, n in zip(trees.tree_id, trees.name, strict=True) if t in among}
+    if tree in among:
+        return tree
+    if tree in by_name:
+        return by_name[tree]
+    known = ", ".join(f"{n} ({t})" for n, t in sorted(by_name.items()))
+    raise UserError(f"unknown tree {tree!r}; trees with embeddings: {known}")
 
 
 @dataclass
@@ -134,7 +146,7 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
         X = layer_transform(X, None if refs is None else nearest_reference(X, refs))
     clf, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["probex"])
     zs, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["zeroshot"])
-    probs = predict_proba(clf, X)[0]
+    probs = predict_proba(clf, X, calibration=Calibration.from_meta(meta, "probex"))[0]
     order = torch.argsort(probs, descending=True)[:top]
     pred.classes = [(meta["classes"][i], float(probs[i])) for i in order]
     vocab = sorted(

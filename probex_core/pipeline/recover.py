@@ -8,7 +8,7 @@ import pandas as pd
 
 from probex_core.catalog import Home, atomic_write_json, remove_table_parts, write_table
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, read_layer, require_finite
-from probex_core.pipeline.common import StepReport, digest, frame
+from probex_core.pipeline.common import Progress, StepReport, Ticker, digest, frame
 from probex_core.pipeline.crawl import (
     CRAWL_PART,
     WEIGHTS_PART,
@@ -58,7 +58,10 @@ ROUTE_COLUMNS = {
 
 
 def weight_records(
-    source: HubSource, records: dict[str, RepoRecord], max_layers: int = 2
+    source: HubSource,
+    records: dict[str, RepoRecord],
+    max_layers: int = 2,
+    progress: Progress | None = None,
 ) -> tuple[list[WeightRecord], list[Rejected]]:
     """Read, lazily, the few layers tree recovery compares (the same names per signature).
 
@@ -73,9 +76,11 @@ def weight_records(
         if r.repo_id not in skip:
             by_sig[architecture_signature(r.tensor_shapes())].append(r)
     out = []
+    tick = Ticker(progress)
     for sig, group in sorted(by_sig.items()):
         layers = choose_recovery_layers(group[0].tensor_shapes(), max_layers=max_layers)
         for r in group:
+            tick(f"read the compared layers of {len(out):,}/{len(records):,} models")
             try:
                 read = {n: require_finite(r, n, read_layer(source, r, n)) for n in layers}
             except RepoError as e:
@@ -139,9 +144,11 @@ def _first_difference(r: RepoRecord, base: RepoRecord) -> str:
     return f"wrong shape for the tree of its declared base {base.repo_id}"
 
 
-def recover(home: Home, source: HubSource) -> StepReport:
+def recover(home: Home, source: HubSource, progress: Progress | None = None) -> StepReport:
     records = load_records(home)
-    wrecs, rejected = weight_records(source, records)
+    wrecs, rejected = weight_records(source, records, progress=progress)
+    if progress is not None:
+        progress(f"recovering trees of {len(wrecs):,} models")
     write_rejected(home, WEIGHTS_PART, "weights", rejected)
     recovery = recover_trees(wrecs, TreeConfig())
     keep = {CRAWL_PART, WEIGHTS_PART, *(layers_part(t) for t in recovery.trees)}
