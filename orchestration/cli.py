@@ -71,7 +71,8 @@ LOOPBACK = "127.0.0.1"
 
 
 def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of `dagster dev` on this home's instance and definitions."""
+    """argv and environment of `dg dev` (Dagster's current CLI; `dagster dev` is superseded)
+    on this home's instance and probex's definitions."""
     import json
     import os
     import shutil
@@ -79,9 +80,9 @@ def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
 
     from orchestration.runner import dagster_home
 
-    exe = Path(sys.executable).with_name("dagster")
+    exe = Path(sys.executable).with_name("dg")
     argv = [
-        str(exe) if exe.is_file() else shutil.which("dagster") or "dagster",
+        str(exe) if exe.is_file() else shutil.which("dg") or "dg",
         "dev",
         "-m",
         "orchestration.definitions",
@@ -236,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser(
         "ui",
-        help="the Dagster UI (dagster dev) on this home, on 127.0.0.1",
-        description="the Dagster UI (dagster dev) on this home, on 127.0.0.1",
+        help="the Dagster UI (dg dev) on this home, on 127.0.0.1",
+        description="the Dagster UI (dg dev) on this home, on 127.0.0.1",
         formatter_class=_FMT,
     )
     ui.add_argument(

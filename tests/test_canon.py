@@ -15,7 +15,7 @@ def test_linear_stays_and_conv_flattens_per_output_channel():
 
 def test_vector_becomes_a_column_and_scalar_is_rejected():
     assert to_matrix(torch.arange(4.0)).shape == (4, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a scalar has no matrix form"):
         to_matrix(torch.tensor(1.0))
 
 
@@ -56,7 +56,7 @@ def test_assemble_layer_builds_and_validates():
     a, b = torch.randn(2, 6), torch.randn(5, 2)
     x = assemble_layer(spec, {"m.lora_A.weight": a, "m.lora_B.weight": b})
     torch.testing.assert_close(x, b @ a)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="needs tensors"):
         assemble_layer(spec, {"m.lora_A.weight": a})
     bad = LayerSpec("w", "linear", ("w.weight",), (3, 3))
     with pytest.raises(ValueError, match="shape"):

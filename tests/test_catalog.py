@@ -37,7 +37,7 @@ def test_parts_union_into_views_and_catalog_opens_read_only(tmp_path):
     df = query(home, "SELECT tree_id, n_undocumented FROM trees ORDER BY tree_id")
     assert df.tree_id.tolist() == ["t1", "t2"] and df.n_undocumented.tolist() == [1, 1]
     assert len(read_table(home, "tree_summary")) == 2
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(duckdb.Error, match="read-only"):
         query(home, "CREATE TABLE x (a INT)")
 
 

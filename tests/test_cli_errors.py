@@ -74,4 +74,4 @@ def test_predict_finds_a_repo_id_in_the_hub_of_the_last_run(built, capsys, monke
     ).iloc[0]
     assert main(["predict", repo]) == 0
     out = capsys.readouterr().out
-    assert f"model: {repo}" in out and f"tree:  {tree}" in out
+    assert f"model: {repo}" in out and f"({tree}, distance" in out

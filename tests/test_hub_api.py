@@ -379,7 +379,7 @@ def test_retry_policy_backs_off_exponentially_within_its_cap() -> None:
     assert [p.wait(a) for a in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
     assert p.wait(1, retry_after=2) == 2.0 and p.wait(1, retry_after=60) == 3.0
     assert p.wait(3, retry_after=0) == 2.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid retry policy"):
         RetryPolicy(attempts=0)
 
 

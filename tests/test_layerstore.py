@@ -55,9 +55,9 @@ def test_streamed_write_equals_tensor_write(tmp_path: Path, stack) -> None:
 
 
 def test_bad_writes_leave_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 repo_ids for 2 matrices"):
         write_layer_stack(tmp_path / "a.safetensors", ["x"], torch.zeros(2, 3, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wrote 2 matrices for 3 repo_ids"):
         write_layer_stack(tmp_path / "b.safetensors", ["x", "y", "z"], iter([torch.zeros(2, 3, 3)]))
     assert list(tmp_path.iterdir()) == []
 

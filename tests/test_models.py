@@ -85,13 +85,13 @@ def test_seeded_init() -> None:
 
 
 def test_unknown_kind_and_missing_heads() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown model kind 'transformer'"):
         build_model("transformer", 3, 3, 2)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="without text_dim"):
         build_model("probex", 3, 3, 2, **SMALL["probex"]).zero_shot_logits(
             torch.randn(1, 3, 3), torch.randn(2, 4)
         )
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="n_classes=0"):
         build_model("probex", 3, 3, 0, text_dim=4, **SMALL["probex"])(torch.randn(1, 3, 3))
 
 
@@ -151,7 +151,7 @@ def test_weight_to_text_head_embeds_models_in_the_text_space():
     scale = model.zero_shot.log_scale.exp()
     torch.testing.assert_close(model.zero_shot_logits(X, T), scale * z @ F.normalize(T, dim=-1).T)
     paper = _build("probex", 6, 5, 0, text_dim=7, r_U=3, r_V=4, r_T=8)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="weight_to_text"):
         paper.text_embedding(X)
 
 

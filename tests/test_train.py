@@ -164,7 +164,7 @@ def test_zeroshot_defaults_and_validation() -> None:
     assert TrainConfig().step_size == 1e-3
     assert TrainConfig(objective="zeroshot").step_size == 2e-3
     data = TensorData(torch.randn(4, 3, 3), torch.ones(4, 2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs text_embeddings"):
         train_expert(
             build_model("probex", 3, 3, 2, text_dim=4),
             data,
@@ -326,7 +326,7 @@ def test_warm_started_probex_starts_as_the_ridge_read_out(splits) -> None:
         build_model("probex", 32, 48, 8, r_U=4, r_V=8, r_T=8), ridge.model, tr
     )
     assert _test_accuracy(small, te) >= 0.75
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="takes a ProbeX and a Dense probe"):
         warm_start_probex(build_model("dense", 32, 48, 8), ridge.model, tr)
 
 

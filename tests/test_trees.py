@@ -162,7 +162,7 @@ def test_sql_and_networkx_rebuilds_agree():
     assert sql["o/self"] == ("o/self", 0) and sql["o/ext"] == ("o/ext", 0)
     assert sql["o/c1"] == (None, None)
     assert max(d for _, d in sql.values() if d is not None) > 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a plain table name"):
         trees_from_declared_edges_sql(con, "repos; DROP TABLE repos")
 
 

@@ -69,13 +69,15 @@ class Prediction:
     distance: float
     classes: list[tuple[str, float]] = field(default_factory=list)
     labels: list[tuple[str, float]] = field(default_factory=list)
+    tree_name: str | None = None  # the tree's root repo
 
     def render(self) -> str:
         lines = [f"model: {self.repo_id}"]
         if self.tree_id is None:
             lines.append(f"tree:  unknown tree ({self.route_reason}; distance {self.distance:.3g})")
             return "\n".join(lines)
-        lines.append(f"tree:  {self.tree_id} (distance {self.distance:.3g})")
+        name = f"{self.tree_name} ({self.tree_id}" if self.tree_name else f"{self.tree_id} ("
+        lines.append(f"tree:  {name}, distance {self.distance:.3g})")
         if not self.classes:
             lines.append(f"no prediction: {self.route_reason}")
             return "\n".join(lines)
@@ -126,6 +128,8 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
     )
     if res.tree_id is None:
         return pred
+    names = query(home, "SELECT name FROM trees WHERE tree_id = ?", [res.tree_id]).name
+    pred.tree_name = names.iloc[0] if len(names) else None
     meta = load_meta(home, res.tree_id)
     if meta.get("skipped"):
         pred.route_reason = f"its tree has no expert ({meta['skipped']})"
