@@ -353,6 +353,9 @@ def train_experts(
             "n_val": len(va),
             "seconds": round(meta["seconds"], 1),
             "notes": "; ".join(skipped) or "none",
+            # the layer sweep as numbers: the UI shows short values inline (and plots them
+            # across materialisations), while the PNG below sits behind "[Show Markdown]"
+            **{f"sweep {n}": round(v, 4) for n, v in curve.items()},
         },
         tables={"results": res_df[["method", "objective", "metric", "value", "chance"]]},
         plots={"layer sweep and validation curve": _plot(tree_id, curve, history)},
