@@ -458,3 +458,51 @@ def test_listing_retries_then_fails_as_one_user_error(fake_hub: FakeHub, tmp_pat
     fake_hub.faults["/api/models"] = itertools.repeat("503")
     with pytest.raises(UserError, match=r"cannot list repos on .*HTTP 503 after 4 attempts"):
         list(api.list_repos())
+
+
+def test_the_pipeline_reads_a_hub_api_as_it_reads_the_same_files_on_disk(
+    fake_hub: FakeHub, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    """crawl → tree recovery → layer extraction through `hf:<endpoint>`, against the same
+    repos read as a local directory: the same repos, rejections, trees, parents and layers."""
+    import shutil
+
+    from probex_core import pipeline
+    from probex_core.catalog import Home, read_table
+    from probex_core.hub import make_source
+    from probex_core.pipeline.layers import load_layer_index
+    from probex_core.train import open_layer_stack
+
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    for m in manifest["models"]:
+        if m["tree_id"] == "mlp-b":  # one whole tree, served beside the fixture's repos
+            shutil.copytree(tiny_zoo / "hub" / m["repo_id"], fake_hub.root / m["repo_id"])
+    homes = {}
+    for name, spec in (("api", f"hf:{fake_hub.url}"), ("local", str(fake_hub.root))):
+        home, source = Home(tmp_path / name), make_source(spec)
+        pipeline.crawl(home, source)
+        pipeline.recover(home, source)
+        members = read_table(home, "tree_members")
+        tree = members.loc[members.repo_id == "openvision/mlp-base", "tree_id"].iloc[0]
+        pipeline.extract_layers(home, source, tree)
+        homes[name] = (home, tree)
+
+    def view(name: str) -> tuple:
+        home, tree = homes[name]
+        members = read_table(home, "tree_members").sort_values("repo_id")
+        rejected = read_table(home, "rejected").sort_values("repo_id")
+        index = load_layer_index(home, tree)
+        with open_layer_stack(
+            home.layer_dir(tree) / f"{next(iter(index['layers']))}.safetensors"
+        ) as st:
+            X = st.read(slice(0, len(st)))
+        return (
+            members[["repo_id", "tree_id", "parent"]].values.tolist(),
+            rejected[["repo_id", "path"]].values.tolist(),
+            index["repo_ids"],
+            X,
+        )
+
+    api, local = view("api"), view("local")
+    assert api[:3] == local[:3] and len(api[2]) == 28
+    assert torch.equal(api[3], local[3])
