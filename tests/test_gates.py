@@ -139,3 +139,16 @@ def test_a_failing_blocking_check_stops_what_depends_on_it(home_copy, monkeypatc
     done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert "tree_layers" in done and "tree_experts" not in done
     assert not (home_copy.expert_dir(tree) / "meta.json").exists() and before["layer"]
+
+
+def test_a_training_curve_is_short_enough_for_the_ui_to_show_inline():
+    """Dagster folds markdown of 1,000+ characters behind "[Show Markdown]"; the validation
+    curve of a 300-epoch expert (31 validations) must stay under that."""
+    from assets._common import md_svg_curve
+
+    xs = [float(10 * i) for i in range(31)]
+    ys = [0.5 + 0.01 * i for i in range(31)]
+    md = md_svg_curve(xs, ys, "ProbeX validation by epoch").value
+    assert len(md) < 1000 and "data:image/svg+xml;base64," in md
+    long = md_svg_curve([float(i) for i in range(500)], [0.5] * 500, "long").value
+    assert len(long) < 1000

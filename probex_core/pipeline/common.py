@@ -53,6 +53,8 @@ class StepReport:
     summary: dict[str, float | int | str] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     plots: dict[str, bytes] = field(default_factory=dict)
+    # small line charts as (x, y) points: light enough for the UI to show inline
+    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     data_version: str = ""
 
 

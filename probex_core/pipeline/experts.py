@@ -359,6 +359,12 @@ def train_experts(
         },
         tables={"results": res_df[["method", "objective", "metric", "value", "chance"]]},
         plots={"layer sweep and validation curve": _plot(tree_id, curve, history)},
+        curves={
+            "ProbeX validation by epoch": (
+                [float(h["epoch"]) for h in history],
+                [float(h["val"]) for h in history],
+            )
+        },
         data_version=digest(version, res_df.value.round(6).tolist()),
     )
 
