@@ -31,7 +31,9 @@ def hub_repos(
 
 @dg.asset_check(
     asset=hub_repos,
-    description="repo ids unique and well formed; signatures and fingerprints present",
+    blocking=True,
+    description="repo ids unique and well formed; signatures and fingerprints present "
+    "(blocking: a catalog that breaks this must not be turned into trees)",
 )
 def hub_repos_schema(probex_home: ProbexHome) -> dg.AssetCheckResult:
     df = read_table(probex_home.get(), "repos")

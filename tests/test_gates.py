@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -152,3 +153,45 @@ def test_a_training_curve_is_short_enough_for_the_ui_to_show_inline():
     assert len(md) < 1000 and "data:image/svg+xml;base64," in md
     long = md_svg_curve([float(i) for i in range(500)], [0.5] * 500, "long").value
     assert len(long) < 1000
+
+
+def test_a_failing_great_expectations_check_stops_tree_recovery(
+    tiny_hub_copy, tmp_path, monkeypatch
+):
+    """hub_repos_schema (a Great Expectations suite) is blocking: a repos table with a
+    duplicated id fails it inside the run, and model_trees is not materialised."""
+    import assets.hub
+    from assets.hub import hub_repos
+    from assets.trees import model_trees
+    from orchestration.definitions import ASSET_MODULES
+    from orchestration.resources import make_resources
+    from orchestration.runner import instance_for
+
+    manifest = json.loads((tiny_hub_copy / "manifest.json").read_text())
+    hub = tmp_path / "hub"
+    for m in manifest["models"]:
+        if m["tree_id"] == "mlp-b":
+            shutil.copytree(tiny_hub_copy / "hub" / m["repo_id"], hub / m["repo_id"])
+    real = assets.hub.read_table
+
+    def duplicated(home, table):
+        df = real(home, table)
+        return pd.concat([df, df.head(1)]) if table == "repos" else df
+
+    monkeypatch.setattr(assets.hub, "read_table", duplicated)
+    home = Home(tmp_path / "home")
+    result = dg.materialize(
+        [
+            *dg.load_assets_from_modules(ASSET_MODULES),
+            *dg.load_asset_checks_from_modules(ASSET_MODULES),
+        ],
+        selection=[hub_repos, model_trees],
+        instance=instance_for(home),
+        resources=make_resources(str(home.root), str(hub)),
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["hub_repos_schema"] is False
+    done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert done == {"hub_repos"}
+    assert not home.table_dir("tree_members").exists()
