@@ -261,6 +261,9 @@ def test_tiny_zoo_lying_cards_are_flagged(zoo_recovery):
     liars = {m["repo_id"] for m in manifest["models"] if m.get("card_lies")}
     flagged = {d.repo_id for d in rec.disagreements}
     assert liars <= flagged
+    # and few honest cards flagged: measured 1 of the 238 honest ones (a recovered edge one
+    # level off in the multi-level tree); flagging everything would be 238
+    assert len(flagged - liars) <= 3, sorted(flagged - liars)
 
 
 def test_tiny_zoo_edges_and_roots_are_recovered(zoo_recovery, tiny_zoo):
