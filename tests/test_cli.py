@@ -109,3 +109,56 @@ def test_run_on_a_hub_from_the_environment_then_again_then_forced(
     assert "1 trees: 0 to build, 1 up to date" in capsys.readouterr().out
     assert main(["run", "--force"]) == 0
     assert "1 trees: 1 to build, 0 up to date" in capsys.readouterr().out
+
+
+@pytest.fixture
+def recorded_run(monkeypatch, tmp_path):
+    """`probex run` with the pipeline replaced by a recorder: which hub, which settings."""
+    import orchestration.runner as runner
+
+    calls: dict = {"default_hub": [], "run": []}
+    monkeypatch.setenv("PROBEX_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PROBEX_HUB", raising=False)
+
+    def default_hub(home, preset, seed=0):
+        calls["default_hub"].append((preset, seed))
+        return tmp_path / f"zoo-{preset}" / "hub"
+
+    def run_all(home, hub, expert_config=None, force=False):
+        calls["run"].append((hub, expert_config, force))
+        return {}
+
+    monkeypatch.setattr(runner, "ensure_default_hub", default_hub)
+    monkeypatch.setattr(runner, "run_all", run_all)
+    monkeypatch.setattr("orchestration.cli._summary", lambda home: "")
+    return calls, tmp_path
+
+
+def test_run_picks_its_hub_and_training_length(recorded_run, monkeypatch) -> None:
+    calls, tmp = recorded_run
+    assert main(["run"]) == 0  # the embedded default zoo, full training
+    assert main(["run", "--zoo", "tiny"]) == 0  # the quick look: 100 epochs
+    assert main(["run", "--zoo", "tiny", "--epochs", "7", "--seed", "3"]) == 0
+    assert main(["run", "--hub", "/some/hub", "--force"]) == 0
+    monkeypatch.setenv("PROBEX_HUB", "/env/hub")
+    assert main(["run", "--zoo", "tiny"]) == 0  # a hub from the environment: no quick default
+    assert calls["default_hub"] == [("default", 0), ("tiny", 0), ("tiny", 3)]
+    assert calls["run"] == [
+        (str(tmp / "zoo-default" / "hub"), None, False),
+        (str(tmp / "zoo-tiny" / "hub"), {"epochs": 100}, False),
+        (str(tmp / "zoo-tiny" / "hub"), {"epochs": 7}, False),
+        ("/some/hub", None, True),
+        ("/env/hub", None, False),
+    ]
+
+
+def test_zoo_generate_passes_its_arguments(monkeypatch, tmp_path) -> None:
+    import probex_core.zoo
+
+    seen = []
+    monkeypatch.setattr(probex_core.zoo, "generate_zoo", lambda **kw: seen.append(kw))
+    assert (
+        main(["zoo", "generate", "--preset", "tiny", "--out", str(tmp_path / "z"), "--seed", "4"])
+        == 0
+    )
+    assert seen == [{"preset": "tiny", "out": tmp_path / "z", "seed": 4, "progress": True}]

@@ -110,17 +110,14 @@ def test_planted_zero_shot_beats_chance_and_shuffled_does_not(planted_report):
 
 
 @pytest.mark.slow
-def test_lora_tree_of_the_tiny_zoo_end_to_end(request):
-    """Real zoo repos, real MiniLM texts. The tiny LoRA tree has 24 training and 6 held-out
-    models — too few for a stable accuracy margin (one hit is 1/6), so this checks that the
-    report is complete and sane; the planted test above carries the accuracy assertions."""
-    try:
-        zoo = request.getfixturevalue("tiny_zoo")
-    except pytest.FixtureLookupError:
-        pytest.skip("tiny_zoo fixture not available")
+def test_lora_tree_of_the_tiny_zoo_end_to_end(tiny_zoo):
+    """Real zoo repos, real MiniLM texts. The tiny LoRA tree has few test models (6 seen-class,
+    8 held-out), so the margins are loose; the planted tests carry the tight ones. Measured
+    (deterministic seeds): in-distribution top-5 0.333 against chance 0.102, held-out top-5
+    0.375 against 0.25, shuffled-label control top-5 0.0."""
     from probex_core.text import MiniLMEncoder
 
-    splits, heldout = tree_splits(zoo, "lora", LORA_LAYER)
+    splits, heldout = tree_splits(tiny_zoo, "lora", LORA_LAYER)
     encoder = MiniLMEncoder()
     report = zero_shot_report(splits, heldout, encoder, ZeroShotConfig())
     print(json.dumps(report, indent=1))
@@ -131,6 +128,10 @@ def test_lora_tree_of_the_tiny_zoo_end_to_end(request):
     assert report["heldout"]["chance_top1"] == pytest.approx(1 / len(heldout))
     for part in ("heldout", "in_distribution", "shuffled"):
         assert 0.0 <= report[part]["top1"] <= report[part]["top5"] <= 1.0
+    seen, held, control = report["in_distribution"], report["heldout"], report["shuffled"]
+    assert seen["top5"] >= 2 * seen["chance_top5"]
+    assert held["top5"] >= held["chance_top5"]
+    assert control["top5"] < seen["top5"]
 
 
 def test_chance_is_exact():
