@@ -162,3 +162,11 @@ def test_zoo_generate_passes_its_arguments(monkeypatch, tmp_path) -> None:
         == 0
     )
     assert seen == [{"preset": "tiny", "out": tmp_path / "z", "seed": 4, "progress": True}]
+
+
+def test_bench_quick_prints_its_side_by_side_table(capsys) -> None:
+    assert main(["bench", "search", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "== bench search ==" in out and "SQL top-10 == exact top-10: True" in out
+    rows = [r for r in out.splitlines() if r.startswith(("exact", "IVF", "brute"))]
+    assert len(rows) >= 5 and all("x" in r for r in rows)  # every row carries its ratios
