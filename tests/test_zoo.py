@@ -312,3 +312,28 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
         wc, _ = _read(tmp_path / "c" / "hub" / root / "model.safetensors")
         assert not torch.equal(wa["fc1.weight"], wc["fc1.weight"])
     assert {r["repo_id"] for r in ma["models"]} != {r["repo_id"] for r in mc["models"]}
+
+
+def test_a_finetunes_recorded_accuracy_is_what_its_saved_weights_score(tiny_zoo: Path) -> None:
+    """Not the generator's own number read back: the weights as written to the hub, scored
+    again on the eval pool rebuilt from the seed, give the manifest's accuracy."""
+    from safetensors.torch import load_file
+
+    from probex_core.zoo.data import CLASSES, ImageJitter, image_pool
+    from probex_core.zoo.generate import _gen
+    from probex_core.zoo.presets import TINY
+    from probex_core.zoo.trainer import multiclass_accuracy
+
+    manifest = _manifest(tiny_zoo)
+    spec = next(t for t in TINY.trees if t.tree_id == "mlp-a")
+    pool = image_pool(
+        TINY.eval_per_class, _gen(manifest["seed"], "eval-pool"), ImageJitter(texture=TINY.texture)
+    )
+    rows = [r for r in manifest["models"] if r["tree_id"] == "mlp-a" and r["depth"] == 1][:3]
+    for row in rows:
+        weights = load_file(str(tiny_zoo / "hub" / row["repo_id"] / "model.safetensors"))
+        params = {k: v[None] for k, v in weights.items()}  # one model in the batch axis
+        classes = torch.tensor([[CLASSES.index(c) for c in row["training_classes"]]])
+        acc = multiclass_accuracy(spec.arch.forward, params, pool, classes).item()
+        assert acc == pytest.approx(row["accuracy"], abs=1e-6), row["repo_id"]
+        assert acc >= row["chance"] + MIN_MARGIN
