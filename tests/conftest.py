@@ -65,3 +65,16 @@ def built(tiny_hub_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         else:
             os.environ["PROBEX_PROGRESS_EVERY"] = saved
     return home, {**result, "output": out.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def zoo_recovery(tiny_zoo: Path):
+    """(weight records, manifest, tree recovery) of the tiny zoo, read and recovered once."""
+    import json
+
+    from probex_core.trees import recover_trees
+    from tests.test_trees import load_zoo_records
+
+    records = load_zoo_records(tiny_zoo / "hub")
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    return records, manifest, recover_trees(records)

@@ -76,15 +76,9 @@ def test_save_load_round_trip(routed, tmp_path):
 # ---- the tiny zoo -------------------------------------------------------------------------------
 
 
-def test_tiny_zoo_routing(tiny_zoo):
-    import json
-
-    from tests.test_trees import load_zoo_records
-
-    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+def test_tiny_zoo_routing(zoo_recovery):
+    records, manifest, rec = zoo_recovery  # trees recovered from every repo's weights
     split = {m["repo_id"]: m["split"] for m in manifest["models"]}
-    records = load_zoo_records(tiny_zoo / "hub")
-    rec = recover_trees(records)  # the pipeline recovers trees from every repo's weights
     documented = [r for r in records if split[r.repo_id] in ("root", "train", "val")]
     refs = tree_references(rec, documented)
     calib = [(r, rec.models[r.repo_id].tree_id) for r in documented]

@@ -238,13 +238,6 @@ def load_zoo_records(hub: Path, max_layers: int = 4) -> list[WeightRecord]:
     return records
 
 
-@pytest.fixture(scope="session")
-def zoo_recovery(tiny_zoo):
-    records = load_zoo_records(tiny_zoo / "hub")
-    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
-    return records, manifest, recover_trees(records)
-
-
 def test_tiny_zoo_trees_are_recovered_from_weights(zoo_recovery, tiny_zoo):
     records, manifest, rec = zoo_recovery
     truth = truth_from_manifest(tiny_zoo)
