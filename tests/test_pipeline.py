@@ -440,3 +440,23 @@ def test_every_tree_with_an_expert_beats_chance_by_a_measured_margin(built):
     for r in trained.itertuples():
         assert r.probex >= r.chance + margin[r.metric], r
         assert r.probex > r.statnn, r
+
+
+def test_search_hits_are_models_trained_on_the_text(built, tiny_hub_copy):
+    """Relevance, not arithmetic: for five seen classes, the share of the top 10 whose ground
+    truth (manifest) holds the class beats the share among all models. Measured on the tiny
+    zoo: 0.54 against 0.30 (100 epochs)."""
+    from probex_core.pipeline.query import search_catalog
+
+    home, _ = built
+    truth = {
+        m["repo_id"]: set(m["training_classes"])
+        for m in json.loads((tiny_hub_copy / "manifest.json").read_text())["models"]
+    }
+    queries = ["red circle", "blue star", "green square", "yellow heart", "purple ring"]
+    hits, base = [], []
+    for q in queries:
+        top = search_catalog(home, q, k=10).repo_id
+        hits.append(sum(q in truth[r] for r in top) / 10)
+        base.append(sum(q in c for c in truth.values()) / len(truth))
+    assert sum(hits) / len(hits) >= sum(base) / len(base) + 0.1, (hits, base)
