@@ -50,6 +50,7 @@ class FakeHub:
     faults: dict[str, Iterator[str]] = field(default_factory=dict)
     stall_seconds: float = 3.0
     stop: threading.Event = field(default_factory=threading.Event)  # ends stalls at teardown
+    page_size: int | None = None  # list models in pages linked by `Link: <…>; rel="next"`
 
     def fault(self, method: str, path: str) -> str | None:
         if method != "GET":
@@ -144,9 +145,19 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     ids = [i for i in ids if f in hub.tags.get(i, [])]
                 if "author" in q:
                     ids = [i for i in ids if i.split("/")[0] == q["author"][0]]
-                return self._json(
-                    [{"id": i, "modelId": i, "tags": hub.tags.get(i, [])} for i in ids], head
-                )
+                if "search" in q:
+                    ids = [i for i in ids if q["search"][0] in i]
+                headers = {"Content-Type": "application/json"}
+                if hub.page_size:
+                    start = int(q.get("cursor", ["0"])[0])
+                    end = start + hub.page_size
+                    if end < len(ids):
+                        nxt = dict(q, cursor=[str(end)])
+                        query = "&".join(f"{k}={v}" for k, vs in nxt.items() for v in vs)
+                        headers["Link"] = f'<{hub.url}/api/models?{query}>; rel="next"'
+                    ids = ids[start:end]
+                body = [{"id": i, "modelId": i, "tags": hub.tags.get(i, [])} for i in ids]
+                return self._send(200, json.dumps(body).encode(), headers, head)
             m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
             if m:
                 repo_id = m.group(1)
@@ -506,3 +517,19 @@ def test_the_pipeline_reads_a_hub_api_as_it_reads_the_same_files_on_disk(
     api, local = view("api"), view("local")
     assert api[:3] == local[:3] and len(api[2]) == 28
     assert torch.equal(api[3], local[3])
+
+
+def test_listing_follows_pages_and_passes_search_and_limit(fake_hub: FakeHub, tmp_path: Path):
+    """The Hub pages /api/models with Link headers: every page is read, in order; `search=`
+    and `limit=` reach the server and bound what is listed."""
+    fake_hub.page_size = 2
+    everything = fake_hub.repos()
+    assert list(_source(fake_hub, tmp_path).list_repos()) == everything
+    pages = [p for m, p, _ in fake_hub.log if m == "GET" and p == "/api/models"]
+    assert len(pages) == -(-len(everything) // 2)  # ceil: one request per page
+    assert list(_source(fake_hub, tmp_path, search="mlp").list_repos()) == [
+        i for i in everything if "mlp" in i
+    ]
+    fake_hub.log.clear()
+    assert list(_source(fake_hub, tmp_path, limit=3).list_repos()) == everything[:3]
+    assert len([p for m, p, _ in fake_hub.log if p == "/api/models"]) == 2  # stops after 3
