@@ -174,6 +174,14 @@ class _FMT(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _command(sub, name: str, text: str, func=None) -> argparse.ArgumentParser:
+    """One subcommand: its help line doubles as its description; defaults shown."""
+    parser = sub.add_parser(name, help=text, description=text, formatter_class=_FMT)
+    if func is not None:
+        parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probex",
@@ -187,19 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    zoo = sub.add_parser(
-        "zoo",
-        help="the built-in model zoo",
-        description="the built-in model zoo",
-        formatter_class=_FMT,
-    )
+    zoo = _command(sub, "zoo", "the built-in model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
-    gen = zoo_sub.add_parser(
-        "generate",
-        help="train and write a zoo as a local hub",
-        description="train and write a zoo as a local hub",
-        formatter_class=_FMT,
-    )
+    gen = _command(zoo_sub, "generate", "train and write a zoo as a local hub", _cmd_zoo)
     gen.add_argument(
         "--preset",
         choices=["tiny", "default"],
@@ -208,14 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--out", required=True, help="output directory (hub/ and manifest.json)")
     gen.add_argument("--seed", type=int, default=0, help="seed of every weight and split")
-    gen.set_defaults(func=_cmd_zoo)
 
-    run = sub.add_parser(
-        "run",
-        help="materialise everything in-process (incremental)",
-        description="materialise everything in-process (incremental)",
-        formatter_class=_FMT,
-    )
+    run = _command(sub, "run", "materialise everything in-process (incremental)", _cmd_run)
     run.add_argument(
         "--hub", help="hub directory or source spec (default: PROBEX_HUB, else the built-in zoo)"
     )
@@ -233,70 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"expert training epochs (default: 300; {QUICK_EPOCHS} for the built-in tiny zoo)",
     )
     run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
-    run.set_defaults(func=_cmd_run)
 
-    ui = sub.add_parser(
-        "ui",
-        help="the Dagster UI (dg dev) on this home, on 127.0.0.1",
-        description="the Dagster UI (dg dev) on this home, on 127.0.0.1",
-        formatter_class=_FMT,
-    )
+    ui = _command(sub, "ui", "the Dagster UI (dg dev) on this home, on 127.0.0.1", _cmd_ui)
     ui.add_argument(
         "--host", default=LOOPBACK, help="address to listen on (default: loopback only)"
     )
     ui.add_argument("--port", type=int, default=3000, help="port to listen on")
-    ui.set_defaults(func=_cmd_ui)
 
-    sql = sub.add_parser(
-        "sql",
-        help="query the catalog (DuckDB, read-only)",
-        description="query the catalog (DuckDB, read-only)",
-        formatter_class=_FMT,
-    )
+    sql = _command(sub, "sql", "query the catalog (DuckDB, read-only)", _cmd_sql)
     sql.add_argument("query", help="one SQL statement over the catalog views")
-    sql.set_defaults(func=_cmd_sql)
 
-    search = sub.add_parser(
-        "search",
-        help="rank models by similarity to a text",
-        description="rank models by similarity to a text",
-        formatter_class=_FMT,
-    )
+    search = _command(sub, "search", "rank models by similarity to a text", _cmd_search)
     search.add_argument("text", help='what the models should have been trained on, e.g. "red star"')
     search.add_argument("-k", type=int, default=10, help="how many models to list")
     search.add_argument("--tree", default=None, help="only this tree")
-    search.set_defaults(func=_cmd_search)
 
-    predict = sub.add_parser(
-        "predict",
-        help="route one model and predict its training classes",
-        description="route one model and predict its training classes",
-        formatter_class=_FMT,
+    predict = _command(
+        sub, "predict", "route one model and predict its training classes", _cmd_predict
     )
     predict.add_argument(
         "target", help="a repo directory, a safetensors file, or a repo id of the hub"
     )
     predict.add_argument("--hub", default=None, help="hub to resolve a repo id in")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show")
-    predict.set_defaults(func=_cmd_predict)
 
-    report = sub.add_parser(
-        "report",
-        help="trees, experts and evaluations",
-        description="trees, experts and evaluations",
-        formatter_class=_FMT,
-    )
-    report.set_defaults(func=_cmd_report)
+    _command(sub, "report", "trees, experts and evaluations", _cmd_report)
 
-    bench = sub.add_parser(
-        "bench",
-        help="side-by-side benchmarks that print ratios",
-        description="side-by-side benchmarks that print ratios",
-        formatter_class=_FMT,
-    )
+    bench = _command(sub, "bench", "side-by-side benchmarks that print ratios", _cmd_bench)
     bench.add_argument("name", nargs="?", default=None, help="one bench (all when omitted)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
