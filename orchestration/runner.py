@@ -27,6 +27,7 @@ from probex_core.catalog import (
     atomic_write_bytes,
     atomic_write_json,
     query,
+    read_table,
     sweep_partial_files,
 )
 from probex_core.errors import UserError
@@ -146,31 +147,31 @@ def _check_key(c: dg.AssetCheckEvaluation) -> str:
 
 def tree_names(home: Home) -> dict[str, str]:
     """tree id → its readable name (the root repo)."""
-    from probex_core.catalog import read_table
-
     summary = read_table(home, "tree_summary")
     return dict(zip(summary.tree_id, summary.root_repo, strict=True))
 
 
 def expert_line(home: Home, tree: str) -> str:
     """What one tree's build gave: its experts' layer and validation score, or why none."""
-    meta = pipeline.load_meta(home, tree)
+    try:
+        meta = pipeline.load_meta(home, tree)
+    except FileNotFoundError:
+        return "no experts were written (see the checks below)"
     if meta.get("skipped"):
         return f"no expert: {meta['skipped']}"
-    from probex_core.catalog import read_table
-
     res = read_table(home, "expert_results")
     metric = "val_top1" if meta.get("single_label") else "val_per_class_accuracy"
     row = res[(res.tree_id == tree) & (res.method == "probex") & (res.metric == metric)]
+    if row.empty:
+        return f"experts on layer {meta['layer']}"
     score = f"ProbeX {metric[4:]} {row.value.iloc[0]:.3f} (chance {row.chance.iloc[0]:.3f})"
-    return f"experts on layer {meta['layer']}: {score if len(row) else 'no score'}"
+    return f"experts on layer {meta['layer']}: {score}"
 
 
 def split_report(home: Home) -> list[str]:
     """Lines on the splits a hub declares: how many models each holds and how many of them
     carry labels. A UserError when the hub declares splits and its train split has none:
     no expert could learn. An evaluation split without labels is said, not fatal."""
-    from probex_core.catalog import read_table
     from probex_core.hub.records import EVAL_SPLITS
     from probex_core.pipeline.experts import is_list
 
