@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import requests
 import torch
 from safetensors.torch import load_file, save_file
@@ -152,14 +153,31 @@ def test_search_ranks_by_calibrated_score_from_sql(built):
     assert (cal.logit_scale > 0).all() and cal.vocab_lse.notna().all()
 
 
-def test_readme_queries_answer(built):
+def test_readme_queries_answer_and_agree_with_the_ground_truth(built, tiny_hub_copy):
+    """Each SQL block of the README runs, and what it says holds against the manifest."""
     home, _ = built
     readme = (ROOT / "README.md").read_text()
     blocks = [b.split("```")[0] for b in readme.split("```sql\n")[1:]]
-    assert len(blocks) >= 5
-    for sql in blocks:
-        df = query(home, sql.strip().rstrip(";"))
-        assert len(df) > 0, sql
+    assert len(blocks) == 6
+    trees, routed, predicted, scores, holdout, neighbours = (
+        query(home, sql.strip().rstrip(";")) for sql in blocks
+    )
+    for df in (trees, routed, predicted, scores, holdout, neighbours):
+        assert len(df) > 0
+    manifest = json.loads((tiny_hub_copy / "manifest.json").read_text())
+    truth = {m["repo_id"]: m for m in manifest["models"]}
+    assert trees["size"].sum() == len(truth)
+    assert (trees.n_documented + trees.n_undocumented == trees["size"]).all()
+    assert (routed.routed_tree == routed.tree_id).all()  # measured: routing accuracy 1.0
+    assert all(not truth[r]["documented"] for r in routed.repo_id)
+    right = [("blue cross" in truth[r]["training_classes"]) for r in predicted.repo_id]
+    assert sum(right) / len(right) >= 0.8 and (predicted.confidence > 0.5).all()
+    full = set(trees.tree_id[trees.kind == "full"])  # one-class trees are judged by top-1
+    per_tree = scores[(scores.method == "probex") & scores.tree_id.isin(full)]
+    assert len(per_tree) >= 1 and (per_tree.per_class_accuracy > per_tree.chance).all()
+    assert {"heldout_ranking_auc", "heldout_top1", "heldout_precision_at_10"} <= set(holdout.metric)
+    assert neighbours.similarity.iloc[0] == pytest.approx(1.0)  # the query model itself
+    assert neighbours.similarity.is_monotonic_decreasing
 
 
 def test_rejected_repo_is_recorded_and_others_survive(tiny_hub_copy, tmp_path):
