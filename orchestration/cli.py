@@ -73,12 +73,12 @@ LOOPBACK = "127.0.0.1"
 def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """argv and environment of `dg dev` (Dagster's current CLI; `dagster dev` is superseded)
     on this home's instance and probex's definitions."""
-    import json
     import os
     import shutil
     from pathlib import Path
 
     from orchestration.runner import dagster_home
+    from probex_core.pipeline.query import last_run_hub
 
     exe = Path(sys.executable).with_name("dg")
     argv = [
@@ -92,9 +92,9 @@ def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
         str(port),
     ]
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), "PROBEX_HOME": str(home.root)}
-    last_run = home.root / "run.json"
-    if "PROBEX_HUB" not in env and last_run.is_file():  # the hub `probex run` last read
-        env["PROBEX_HUB"] = json.loads(last_run.read_text())["hub"]
+    hub = last_run_hub(home)
+    if "PROBEX_HUB" not in env and hub:  # the hub `probex run` last read
+        env["PROBEX_HUB"] = hub
     return argv, env
 
 

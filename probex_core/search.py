@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
-from probex_core.catalog import load_sql
+from probex_core.catalog import atomic_write_bytes, load_sql
 
 # Ranks the catalog's `embeddings` view (repo_id, tree_id, encoder, embedding FLOAT[],
 # documented) by cosine similarity to a bound text vector. Parameters, in order: the text
@@ -206,14 +205,7 @@ class SearchIndex:
             "documented": json.dumps(self.documented),
             "params": json.dumps(self._params()),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(self._arrays(), str(tmp), metadata=meta)
-            os.replace(tmp, path)  # atomic: a reader sees the old index or the new one
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(Path(path), save(self._arrays(), metadata=meta))
 
 
 class IVFIndex(SearchIndex):

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from orchestration.cli import main
 from probex_core.catalog import SQL_DIR, load_sql, query
+from probex_core.pipeline.query import last_run_hub
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def _member(home, tree_name: str, documented: bool) -> tuple[str, str]:
 
 def test_predict_a_repo_folder_gives_its_tree_and_classes(on_built, capsys) -> None:
     repo, tree = _member(on_built, "foundation-lab/mlp-alpha", documented=False)
-    hub = Path(json.loads((on_built.root / "run.json").read_text())["hub"])
+    hub = Path(last_run_hub(on_built))
     assert main(["predict", str(hub / repo), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert f"model: {repo}" in out and f"tree:  foundation-lab/mlp-alpha ({tree}, " in out

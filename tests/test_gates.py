@@ -26,7 +26,9 @@ def home_copy(built, tmp_path) -> Home:
 
 
 def _hub(home: Home) -> Path:
-    return Path(json.loads((home.root / "run.json").read_text())["hub"])
+    from probex_core.pipeline.query import last_run_hub
+
+    return Path(last_run_hub(home))
 
 
 def test_hub_change_sensor_skips_an_unchanged_hub_and_requests_a_crawl_on_a_change(

@@ -355,7 +355,9 @@ def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, tmp
 
 def built_hub(home: Home) -> Path:
     """The hub a built home was crawled from (recorded by the runner)."""
-    return Path(json.loads((home.root / "run.json").read_text())["hub"])
+    from probex_core.pipeline.query import last_run_hub
+
+    return Path(last_run_hub(home))
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ cards only; `read_layer` later fetches just the tensors of one layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -83,24 +83,17 @@ def require_finite(record: RepoRecord, layer_name: str, x: torch.Tensor) -> torc
 
 
 def crawl_all(
-    source: HubSource,
-    progress: bool = False,
-    on_repo: Callable[[int, int], None] | None = None,
+    source: HubSource, on_repo: Callable[[int, int], None] | None = None
 ) -> tuple[list[RepoRecord], list[Rejected]]:
     """Crawl every repo the source lists; a bad repo becomes `Rejected`, never a crash.
 
     Anything a hostile or broken repo can provoke is caught per repo (RepoError, and as a
     last line of defence any other Exception, recorded with its type) so one repo never
-    stops the crawl.
+    stops the crawl. `on_repo(done, rejected)` is called after each repo (progress).
     """
     records: list[RepoRecord] = []
     rejected: list[Rejected] = []
-    ids: Iterable[str] = source.list_repos()
-    if progress:
-        from tqdm import tqdm
-
-        ids = tqdm(ids, desc=f"crawl {source.name}", unit="repo")
-    for repo_id in ids:
+    for repo_id in source.list_repos():
         try:
             records.append(source.crawl(repo_id))
         except RepoError as e:

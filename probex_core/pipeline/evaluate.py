@@ -159,6 +159,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             summary={"ground_truth": "none", "rows": len(df)}, tables={"evaluations": df}
         )
 
+    summary = read_table(home, "tree_summary").set_index("tree_id")
     scores = {}
     if manifest is not None:
         scores = score_recovery(
@@ -169,14 +170,13 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
         # per true tree, under the id of the recovered tree with the same root (the zoo's own
         # name, e.g. "truth:mlp-a", only when no recovered tree has that root)
-        ours = {r: t for t, r in read_table(home, "tree_summary")[["tree_id", "root_repo"]].values}
+        ours = {r: t for t, r in summary.root_repo.items()}
         roots = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]}
         for tt, s in scores["per_tree"].items():
             tree = ours.get(roots.get(tt), f"truth:{tt}")
             add(tree, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
 
     routes = read_table(home, "routes").set_index("repo_id")
-    summary = read_table(home, "tree_summary").set_index("tree_id")
     true_root = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]} if manifest else {}
     for split in ("test", *HOLDOUT) if manifest else ():
         ids = [r for r, m in truth.items() if m["split"] == split and r in routes.index]

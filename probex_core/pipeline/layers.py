@@ -270,19 +270,10 @@ def extract_layers(
 def member_layers(
     source: HubSource, record: RepoRecord, layers: dict[str, tuple[int, int]]
 ) -> dict[str, torch.Tensor]:
-    """One member's chosen layers, each checked: present, of the tree's shape, finite. A
-    RepoError names the file and the reason otherwise, and only this member is dropped."""
+    """One member's chosen layers, each checked to be finite (`candidate_layers` already
+    chose only layers every member has, with one shape). A RepoError names the file and the
+    reason otherwise (unreadable, NaN or Inf), and only this member is dropped."""
     specs = find_layers(record.tensor_shapes())
-    for n, shape in layers.items():
-        if n not in specs:
-            raise RepoError(record.repo_id, record.weights_file, f"missing layer {n!r}")
-        if tuple(specs[n].shape) != tuple(shape):
-            raise RepoError(
-                record.repo_id,
-                record.tensors[specs[n].tensors[0]].file,
-                f"wrong shape for the tree: layer {n!r} is {list(specs[n].shape)}, "
-                f"the tree's is {list(shape)}",
-            )
     names = sorted({t for n in layers for t in specs[n].tensors})
     tensors = source.read_tensors(record, names)
     return {n: require_finite(record, n, assemble_layer(specs[n], tensors)) for n in layers}

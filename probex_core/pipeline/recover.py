@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pandas as pd
 
@@ -69,12 +69,13 @@ def weight_records(
     declared base's (`architecture_mismatch`) is rejected here with its file and reason: it
     never enters a tree, so it cannot move any other model's tree, parent or answer.
     """
-    rejected = architecture_mismatch(records)
+    sig = {i: architecture_signature(r.tensor_shapes()) for i, r in records.items()}
+    rejected = architecture_mismatch(records, sig)
     skip = {r.repo_id for r in rejected}
     by_sig: dict[str, list[RepoRecord]] = defaultdict(list)
     for r in records.values():
         if r.repo_id not in skip:
-            by_sig[architecture_signature(r.tensor_shapes())].append(r)
+            by_sig[sig[r.repo_id]].append(r)
     out = []
     tick = Ticker(progress)
     for sig, group in sorted(by_sig.items()):
@@ -101,15 +102,13 @@ def weight_records(
 FINETUNE_RELATIONS = (None, "finetune")  # relations that keep the base's architecture
 
 
-def architecture_mismatch(records: dict[str, RepoRecord]) -> list[Rejected]:
+def architecture_mismatch(records: dict[str, RepoRecord], sig: dict[str, str]) -> list[Rejected]:
     """Full models that declare a full base in the hub as their fine-tune origin, yet miss
     one of its (non-head) tensors or hold one with another shape, and share their
     architecture with no other model: a truncated or tampered copy, not a tree member.
-    (Heads may differ: fine-tunes change the label set.)"""
-    counts: dict[str, int] = defaultdict(int)
-    sig = {i: architecture_signature(r.tensor_shapes()) for i, r in records.items()}
-    for s in sig.values():
-        counts[s] += 1
+    (Heads may differ: fine-tunes change the label set.) `sig`: each record's
+    architecture signature."""
+    counts = Counter(sig.values())
     out = []
     for r in records.values():
         base = records.get(r.base_model[0]) if r.base_model else None
