@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 
+from probex_core.catalog import atomic_write_bytes
 from probex_core.trees import (
     TreeRecovery,
     WeightRecord,
@@ -250,11 +251,12 @@ class Router:
             for ref in self.references.values()
             for n, t in ref.anchors.items()
         }
-        tmp_json, tmp_st = directory / "router.json.tmp", directory / "router.safetensors.tmp"
-        tmp_json.write_text(json.dumps(meta, indent=1))
-        save_file(tensors, str(tmp_st))
-        tmp_st.replace(directory / "router.safetensors")
-        tmp_json.replace(directory / "router.json")
+        # each file atomic; router.json, written last, names the anchors it goes with, so a
+        # save interrupted between the two is caught by `load`
+        data = safetensors_save(tensors)
+        meta["anchors_sha256"] = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(directory / "router.safetensors", data)
+        atomic_write_bytes(directory / "router.json", json.dumps(meta, indent=1).encode())
 
     @classmethod
     def load(cls, directory: str | Path) -> Router:

@@ -94,3 +94,30 @@ def test_tiny_zoo_routing(zoo_recovery):
         fresh = {n: _init(tuple(t.shape), g) for n, t in proto.layers.items()}
         res = router.route(WeightRecord("new/init", proto.signature, None, fresh))
         assert res.tree_id is None, res
+
+
+def test_a_router_saved_half_way_is_refused_on_load(tmp_path):
+    """router.json names the digest of the anchors it was written with: anchors from another
+    save (an interrupted one) are refused, not silently paired."""
+    import shutil
+
+    from probex_core.router import Router
+
+    g = torch.Generator().manual_seed(0)
+    recs = [
+        WeightRecord(f"o/m{i}", "sig", None, {"l": torch.randn(4, 4, generator=g)})
+        for i in range(4)
+    ]
+    rec = recover_trees(recs)
+    a = Router.fit(tree_references(rec, recs), [(r, rec.models[r.repo_id].tree_id) for r in recs])
+    a.save(tmp_path / "a")
+    Router.load(tmp_path / "a")  # a whole save loads
+    other = [WeightRecord(r.repo_id, "sig", None, {"l": r.layers["l"] + 1}) for r in recs]
+    rec_b = recover_trees(other)
+    b = Router.fit(
+        tree_references(rec_b, other), [(r, rec_b.models[r.repo_id].tree_id) for r in other]
+    )
+    b.save(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "router.safetensors", tmp_path / "a" / "router.safetensors")
+    with pytest.raises(ValueError, match="interrupted save"):
+        Router.load(tmp_path / "a")
