@@ -289,13 +289,15 @@ import sys
 import dagster as dg
 from orchestration.definitions import rebuild_job_from_env
 from orchestration.runner import instance_for
+from orchestration.sensors import FORKSERVER_EXECUTION
 from probex_core.catalog import Home
 
 home = Home(sys.argv[1])
-# SHORT training: this run checks concurrent writers, not accuracy
+# the job's own execution config (steps forked from a preloaded server); SHORT training:
+# this run checks concurrent writers, not accuracy
 run_config = {
+    **FORKSERVER_EXECUTION,
     "ops": {"tree_experts": {"config": {"epochs": 20, "sweep_epochs": 5, "val_every": 5}}},
-    "execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
 }
 with dg.execute_job(
     dg.reconstructable(rebuild_job_from_env),
