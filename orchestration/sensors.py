@@ -25,9 +25,7 @@ FORKSERVER_EXECUTION = {
     "execution": {
         "config": {
             "multiprocess": {
-                "start_method": {
-                    "forkserver": {"preload_modules": ["orchestration.definitions"]}
-                }
+                "start_method": {"forkserver": {"preload_modules": ["orchestration.definitions"]}}
             }
         }
     }

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter, defaultdict
 
 import pandas as pd
 
-from probex_core.catalog import Home, atomic_write_json, remove_table_parts, write_table
+from probex_core.catalog import (
+    Home,
+    atomic_write_json,
+    read_table,
+    remove_table_parts,
+    write_table,
+)
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, read_layer, require_finite
-from probex_core.pipeline.common import Progress, StepReport, Ticker, digest, frame
+from probex_core.pipeline.common import (
+    CODE_VERSIONS,
+    Progress,
+    StepReport,
+    Ticker,
+    digest,
+    frame,
+)
 from probex_core.pipeline.crawl import (
     CRAWL_PART,
     WEIGHTS_PART,
     layers_part,
     load_records,
+    records_path,
     write_rejected,
 )
-from probex_core.router import Router, tree_references
+from probex_core.router import Router, RouterConfig, tree_references
 from probex_core.trees import (
     TreeConfig,
     WeightRecord,
@@ -143,7 +159,43 @@ def _first_difference(r: RepoRecord, base: RepoRecord) -> str:
     return f"wrong shape for the tree of its declared base {base.repo_id}"
 
 
+RECOVERED_TABLES = ("tree_members", "tree_summary", "card_disagreements", "routes")
+
+
+def recovery_inputs(home: Home) -> str:
+    """What a recovery depends on: the crawled records (weights fingerprints, cards, paths),
+    the recovery code version and the recovery and routing settings."""
+    return digest(
+        hashlib.sha256(records_path(home).read_bytes()).hexdigest(),
+        CODE_VERSIONS["model_trees"],
+        repr(TreeConfig()),
+        repr(RouterConfig()),
+    )
+
+
+def _unchanged(home: Home, inputs: str) -> dict | None:
+    """The last recovery's summary when it was computed from the same inputs and all of its
+    outputs are still there (trees.json is written last, so a killed recovery never counts)."""
+    path = home.artifacts / "trees.json"
+    if not path.exists():
+        return None
+    last = json.loads(path.read_text())
+    if last.get("inputs") != inputs or not (home.artifacts / "router" / "router.json").exists():
+        return None
+    if not all(any(home.table_dir(t).glob("*.parquet")) for t in RECOVERED_TABLES):
+        return None
+    return last.get("summary")
+
+
 def recover(home: Home, source: HubSource, progress: Progress | None = None) -> StepReport:
+    """Recover the trees, fit the router and route every model; a hub whose crawled records
+    did not change since the last recovery keeps that recovery (nothing is re-read)."""
+    inputs = recovery_inputs(home)
+    summary = _unchanged(home, inputs)
+    if summary is not None:
+        if progress is not None:
+            progress("trees unchanged since the last recovery (same crawled records)")
+        return _report(home, {**summary, "reused": True})
     records = load_records(home)
     wrecs, rejected = weight_records(source, records, progress=progress)
     if progress is not None:
@@ -169,34 +221,41 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
                 "fingerprint": digest(sorted(records[i].fingerprint for i in ids)),
             }
         )
-    summary = frame(rows, SUMMARY_COLUMNS)
-    write_table(home, "tree_summary", summary)
+    write_table(home, "tree_summary", frame(rows, SUMMARY_COLUMNS))
     dis = frame(
         [{k: d[k] for k in DISAGREE_COLUMNS} for d in recovery.disagreement_rows()],
         DISAGREE_COLUMNS,
     )
     write_table(home, "card_disagreements", dis)
+    routes = route_all(home, wrecs, recovery, records)
+    summary = {
+        "trees": len(recovery.trees),
+        "tree_ids": ",".join(sorted(recovery.trees)),
+        "models": len(recovery.models),
+        "rejected_weights": len(rejected),
+        "card_disagreements": len(dis),
+        "recovery_seconds": round(recovery.seconds, 2),
+        "routed_unknown": int(routes.routed_tree.isna().sum()),
+    }
     atomic_write_json(
         home.artifacts / "trees.json",
         {
             "trees": recovery.tree_rows(),
             "directions": recovery.directions,
             "seconds": recovery.seconds,
+            "inputs": inputs,
+            "summary": summary,
         },
     )
-    routes = route_all(home, wrecs, recovery, records)
+    return _report(home, {**summary, "reused": False})
+
+
+def _report(home: Home, summary: dict) -> StepReport:
+    trees = read_table(home, "tree_summary")
     return StepReport(
-        summary={
-            "trees": len(recovery.trees),
-            "tree_ids": ",".join(sorted(recovery.trees)),
-            "models": len(recovery.models),
-            "rejected_weights": len(rejected),
-            "card_disagreements": len(dis),
-            "recovery_seconds": round(recovery.seconds, 2),
-            "routed_unknown": int(routes.routed_tree.isna().sum()),
-        },
-        tables={"trees": summary, "card_disagreements": dis},
-        data_version=digest(summary.to_dict("records")),
+        summary=summary,
+        tables={"trees": trees, "card_disagreements": read_table(home, "card_disagreements")},
+        data_version=digest(trees.to_dict("records")),
     )
 
 
