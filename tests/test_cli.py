@@ -89,6 +89,39 @@ def test_predict_a_model_like_no_tree_answers_unknown_tree(on_built, capsys, tmp
     assert "model: stranger/odd-net" in out and "unknown tree" in out
 
 
+def test_predict_an_adapter_without_the_experts_layer_says_so(on_built, capsys, tmp_path):
+    """A LoRA adapter of the LoRA tree that adapts only the layer its expert does not read:
+    routed to its tree by the layer it has, then told which layer it lacks."""
+    from safetensors import safe_open
+
+    from probex_core.pipeline import load_meta
+
+    tree = query(on_built, "SELECT tree_id FROM trees WHERE kind = 'lora'").tree_id.iloc[0]
+    layer = load_meta(on_built, tree)["layer"]
+    repo = query(
+        on_built,
+        "SELECT repo_id FROM models WHERE tree_id = ? AND kind = 'lora' AND NOT documented "
+        "ORDER BY repo_id LIMIT 1",
+        [tree],
+    ).repo_id.iloc[0]
+    src = Path(last_run_hub(on_built)) / repo
+    dst = tmp_path / "hub" / "someone" / "partial-adapter"
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "adapter_config.json").read_text())
+    assert layer in config["target_modules"] and len(config["target_modules"]) > 1
+    config["target_modules"] = [m for m in config["target_modules"] if m != layer]
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    with safe_open(str(src / "adapter_model.safetensors"), "pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if f".{layer}." not in k}
+    save_file(kept, str(dst / "adapter_model.safetensors"))
+
+    assert main(["predict", str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "model: someone/partial-adapter" in out and f"({tree}, " in out
+    assert f"no prediction: model lacks the expert's layer {layer}" in out
+    assert "predicted training classes" not in out
+
+
 def test_run_on_a_hub_from_the_environment_then_again_then_forced(
     tiny_hub_copy, tmp_path, monkeypatch, capsys
 ) -> None:
