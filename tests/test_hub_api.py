@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -416,14 +415,16 @@ def test_transient_faults_are_retried(
     fake_hub.log.clear()
     fake_hub.faults[pattern] = iter(faults)
     with caplog.at_level(logging.WARNING, logger="probex_core.hub.api"):
-        t0 = time.monotonic()
         record = api.crawl("zoo/mlp-a")
-        elapsed = time.monotonic() - t0
     assert record == clean
     assert fake_hub.gets(pattern) == len(faults) + 1
     retries = [r.getMessage() for r in caplog.records]
     assert len(retries) == len(faults) and f"retry {len(faults)} of 3" in retries[-1]
-    assert elapsed < 1.0  # the 429's Retry-After: 1 was capped at max_backoff
+    # the waits the policy chose: backoff doubling from 0.01 s, a 429's Retry-After of 1 s
+    # capped at max_backoff (0.05 s)
+    waits = [float(re.search(r"in ([0-9.e-]+) s$", m).group(1)) for m in retries]
+    expect = [FAST.wait(i + 1, 1 if f.startswith("429") else None) for i, f in enumerate(faults)]
+    assert waits == pytest.approx(expect, rel=0.05) and max(waits) <= FAST.max_backoff
 
 
 @pytest.mark.parametrize(
