@@ -5,7 +5,7 @@ import great_expectations.expectations as gxe
 
 from assets._common import check_result, report_metadata
 from assets.experts import tree_experts
-from orchestration.resources import HubSourceResource, ProbexHome
+from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
 from probex_core.quality import validate

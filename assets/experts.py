@@ -6,7 +6,7 @@ from pydantic import Field
 from assets._common import progress, report_metadata
 from assets.layers import tree_layers
 from assets.partitions import TREES
-from orchestration.resources import ProbexHome
+from assets.resources import ProbexHome
 from probex_core import pipeline
 
 

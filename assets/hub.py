@@ -4,7 +4,7 @@ import dagster as dg
 import great_expectations.expectations as gxe
 
 from assets._common import check_result, progress, report_metadata
-from orchestration.resources import HubSourceResource, ProbexHome
+from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
 from probex_core.quality import validate

@@ -4,8 +4,8 @@ import dagster as dg
 
 from assets._common import progress, report_metadata
 from assets.partitions import TREES
+from assets.resources import HubSourceResource, ProbexHome
 from assets.trees import model_trees
-from orchestration.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 
 

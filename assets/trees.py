@@ -5,8 +5,8 @@ import great_expectations.expectations as gxe
 
 from assets._common import progress, report_metadata
 from assets.hub import hub_repos
-from assets.partitions import TREES
-from orchestration.resources import HubSourceResource, ProbexHome
+from assets.partitions import register_trees
+from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
 from probex_core.quality import validate
@@ -26,11 +26,8 @@ def model_trees(
     context: dg.AssetExecutionContext, probex_home: ProbexHome, hub: HubSourceResource
 ) -> dg.MaterializeResult:
     report = pipeline.recover(probex_home.get(), hub.source(), progress=progress(context))
-    tree_ids = report.summary["tree_ids"].split(",") if report.summary["tree_ids"] else []
-    known = set(context.instance.get_dynamic_partitions(TREES.name))
-    new = [t for t in tree_ids if t not in known]
+    new = register_trees(context.instance, report.summary["tree_ids"])
     if new:
-        context.instance.add_dynamic_partitions(TREES.name, new)
         context.log.info(f"added tree partitions: {new}")
     return dg.MaterializeResult(
         metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)

@@ -22,18 +22,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _home(args: argparse.Namespace):
+    """The home every subcommand works in ($PROBEX_HOME, else ./.probex)."""
     from probex_core.catalog import Home
 
-    return Home.from_env(getattr(args, "home", None))
+    return Home.from_env()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from orchestration.runner import ensure_default_hub, run_all
+    from probex_core.env import hub_from_env
 
     home = _home(args)
-    hub = args.hub or os.environ.get("PROBEX_HUB")
+    hub = hub_from_env(args.hub)
     quick = hub is None and args.zoo == "tiny"
     hub = hub or str(ensure_default_hub(home, args.zoo, args.seed))
     epochs = args.epochs or (QUICK_EPOCHS if quick else None)
@@ -75,9 +75,9 @@ def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     on this home's instance and probex's definitions."""
     import os
     import shutil
-    from pathlib import Path
 
     from orchestration.runner import dagster_home
+    from probex_core.env import HOME_VAR, HUB_VAR, hub_from_env
     from probex_core.pipeline.query import last_run_hub
 
     exe = Path(sys.executable).with_name("dg")
@@ -91,10 +91,10 @@ def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
         "-p",
         str(port),
     ]
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), "PROBEX_HOME": str(home.root)}
-    hub = last_run_hub(home)
-    if "PROBEX_HUB" not in env and hub:  # the hub `probex run` last read
-        env["PROBEX_HUB"] = hub
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), HOME_VAR: str(home.root)}
+    hub = hub_from_env() or last_run_hub(home)  # else the hub `probex run` last read
+    if hub:
+        env[HUB_VAR] = hub
     return argv, env
 
 

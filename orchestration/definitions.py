@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import evaluation, experts, hub, layers, trees
-from orchestration.resources import make_resources
+from assets.resources import make_resources
 from orchestration.sensors import (
     crawl_job,
     hub_change_sensor,

@@ -17,10 +17,10 @@ from assets.evaluation import evaluations, model_predictions
 from assets.experts import tree_experts
 from assets.hub import hub_repos
 from assets.layers import tree_layers
-from assets.partitions import TREES
+from assets.partitions import register_trees
+from assets.resources import make_resources
 from assets.trees import model_trees
 from orchestration.definitions import ASSET_MODULES
-from orchestration.resources import make_resources
 from probex_core import pipeline
 from probex_core.catalog import (
     Home,
@@ -30,6 +30,7 @@ from probex_core.catalog import (
     read_table,
     sweep_partial_files,
 )
+from probex_core.env import default_zoo_hub, zoo_dir
 from probex_core.errors import UserError
 from probex_core.hub import describe_hub, make_source
 
@@ -100,9 +101,7 @@ def run_all(
 
     plan = pipeline.stale_trees(home)
     targets = list(plan.wanted) if force else plan.stale
-    new = [k for k in plan.wanted if k not in instance.get_dynamic_partitions(TREES.name)]
-    if new:
-        instance.add_dynamic_partitions(TREES.name, new)
+    register_trees(instance, plan.wanted)
     fresh = len(plan.wanted) - len(targets)
     _step(2, 4, f"{len(plan.wanted)} trees: {len(targets)} to build, {fresh} up to date")
     names = tree_names(home)
@@ -204,8 +203,8 @@ def query_or_empty(home: Home, sql: str) -> object:
 
 def ensure_default_hub(home: Home, preset: str, seed: int = 0) -> Path:
     """The embedded default: a zoo generated once under the home, reused afterwards."""
-    out = home.root / f"zoo-{preset}"
-    hub = out / "hub"
+    out = zoo_dir(home.root, preset)
+    hub = default_zoo_hub(home.root, preset)
     if not (out / "manifest.json").is_file():
         from probex_core.zoo import generate_zoo
 

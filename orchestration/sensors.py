@@ -13,9 +13,9 @@ from assets.evaluation import evaluations, model_predictions
 from assets.experts import tree_experts
 from assets.hub import hub_repos
 from assets.layers import tree_layers
-from assets.partitions import TREES
+from assets.partitions import TREES, unregistered
+from assets.resources import HubSourceResource, ProbexHome
 from assets.trees import model_trees
-from orchestration.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 
 # Step subprocesses fork from a server that imported the assets once, instead of each step
@@ -50,13 +50,13 @@ refresh_job = dg.define_asset_job(
 )
 
 
-def plan_rebuilds(home, known_partitions: set[str]) -> dg.SensorResult | dg.SkipReason:
+def plan_rebuilds(home, instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
     """The run requests for stale trees, plus partitions for trees seen for the first time."""
     try:
         plan = pipeline.stale_trees(home)
     except FileNotFoundError as err:
         return dg.SkipReason(f"no recovered trees yet ({err})")
-    new = [t for t in plan.wanted if t not in known_partitions]
+    new = unregistered(instance, plan.wanted)  # registered by the SensorResult below
     requests = [
         dg.RunRequest(partition_key=t, run_key=f"{t}:{plan.wanted[t]}", tags={"probex/tree": t})
         for t in plan.stale
@@ -76,8 +76,7 @@ def plan_rebuilds(home, known_partitions: set[str]) -> dg.SensorResult | dg.Skip
     description="Rebuild layers and experts of exactly the trees that changed.",
 )
 def stale_trees_sensor(context: dg.SensorEvaluationContext, probex_home: ProbexHome):
-    known = set(context.instance.get_dynamic_partitions(TREES.name))
-    return plan_rebuilds(probex_home.get(), known)
+    return plan_rebuilds(probex_home.get(), context.instance)
 
 
 @dg.sensor(
@@ -89,7 +88,7 @@ def stale_trees_sensor(context: dg.SensorEvaluationContext, probex_home: ProbexH
 def hub_change_sensor(
     context: dg.SensorEvaluationContext, hub: HubSourceResource, probex_home: ProbexHome
 ):
-    state = pipeline.hub_listing_fingerprint(hub.source())
+    state = hub.source().listing_fingerprint()
     # first tick: the listing the last crawl saw stands in for a cursor, so opening the UI
     # after `probex run` does not crawl an unchanged hub again
     if state == (context.cursor or pipeline.crawled_listing(probex_home.get())):

@@ -34,7 +34,9 @@ class Home:
 
     @classmethod
     def from_env(cls, root: str | Path | None = None) -> Home:
-        return cls(Path(root or os.environ.get("PROBEX_HOME", ".probex")).resolve())
+        from probex_core.env import home_root
+
+        return cls(home_root(root))
 
     @property
     def catalog_path(self) -> Path:

@@ -30,3 +30,11 @@ def test_boundary_check_detects_an_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import dagster\nfrom dagster import asset\n")
     assert "dagster" in _imported_modules(bad)
+
+
+def test_assets_never_import_orchestration():
+    """Orchestration (definitions, jobs, sensors, the CLI) imports the assets; the assets and
+    their resources never import orchestration back."""
+    assets = sorted((CORE.parent / "assets").rglob("*.py"))
+    assert assets
+    assert [str(f) for f in assets if "orchestration" in _imported_modules(f)] == []

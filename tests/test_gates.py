@@ -34,7 +34,7 @@ def _hub(home: Home) -> Path:
 def test_hub_change_sensor_skips_an_unchanged_hub_and_requests_a_crawl_on_a_change(
     home_copy, tmp_path
 ):
-    from orchestration.resources import HubSourceResource, ProbexHome
+    from assets.resources import HubSourceResource, ProbexHome
     from orchestration.sensors import hub_change_sensor
 
     hub = tmp_path / "hub"
@@ -51,7 +51,7 @@ def test_hub_change_sensor_skips_an_unchanged_hub_and_requests_a_crawl_on_a_chan
         result = hub_change_sensor(ctx)
     assert isinstance(result, dg.SensorResult) and len(result.run_requests) == 1
     state = result.cursor
-    assert state == pipeline.hub_listing_fingerprint(make_source(str(hub)))
+    assert state == make_source(str(hub)).listing_fingerprint()
     with dg.build_sensor_context(resources=resources, cursor=state) as ctx:
         assert isinstance(hub_change_sensor(ctx), dg.SkipReason)
 
@@ -60,17 +60,20 @@ def test_listing_fingerprint_follows_files_not_just_ids(tmp_path):
     hub = tmp_path / "hub"
     (hub / "org" / "a").mkdir(parents=True)
     (hub / "org" / "a" / "model.safetensors").write_bytes(b"x")
-    before = pipeline.hub_listing_fingerprint(make_source(str(hub)))
+    before = make_source(str(hub)).listing_fingerprint()
     (hub / "org" / "a" / "model.safetensors").write_bytes(b"xy")  # same ids, new weights
-    assert pipeline.hub_listing_fingerprint(make_source(str(hub))) != before
+    assert make_source(str(hub)).listing_fingerprint() != before
 
 
 def test_plan_rebuilds_registers_new_trees_and_requests_only_stale_ones(home_copy):
+    from assets.partitions import register_trees
     from orchestration.sensors import plan_rebuilds
 
     plan = pipeline.stale_trees(home_copy)
     trees = sorted(plan.wanted)
-    result = plan_rebuilds(home_copy, set(trees[1:]))  # the first tree never seen as partition
+    instance = dg.DagsterInstance.ephemeral()
+    register_trees(instance, trees[1:])  # the first tree never seen as a partition
+    result = plan_rebuilds(home_copy, instance)
     assert isinstance(result, dg.SensorResult)
     assert result.run_requests == []  # nothing stale
     (req,) = result.dynamic_partitions_requests
@@ -114,8 +117,8 @@ def test_the_expert_gate_refuses_an_expert_at_chance_or_with_non_finite_weights(
 
 def test_a_failing_blocking_check_stops_what_depends_on_it(home_copy, monkeypatch):
     """tree_layers' check is blocking: when it fails, the tree's experts are not trained."""
+    from assets.resources import make_resources
     from orchestration.definitions import ASSET_MODULES
-    from orchestration.resources import make_resources
     from orchestration.runner import instance_for
 
     tree = _trained_tree(home_copy)
@@ -164,9 +167,9 @@ def test_a_failing_great_expectations_check_stops_tree_recovery(
     duplicated id fails it inside the run, and model_trees is not materialised."""
     import assets.hub
     from assets.hub import hub_repos
+    from assets.resources import make_resources
     from assets.trees import model_trees
     from orchestration.definitions import ASSET_MODULES
-    from orchestration.resources import make_resources
     from orchestration.runner import instance_for
 
     manifest = json.loads((tiny_hub_copy / "manifest.json").read_text())

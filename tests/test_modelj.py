@@ -139,7 +139,7 @@ def test_a_train_split_without_labels_is_refused(download, tmp_path, capsys, mon
 
 
 def test_a_zoo_folder_finds_its_own_manifest(tmp_path: Path) -> None:
-    from orchestration.resources import HubSourceResource
+    from assets.resources import HubSourceResource
 
     (tmp_path / "zoo" / "hub").mkdir(parents=True)
     (tmp_path / "zoo" / "manifest.json").write_text("{}")

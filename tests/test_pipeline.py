@@ -319,11 +319,15 @@ def test_expert_code_version_change_marks_every_tree_stale(built, monkeypatch):
 
 
 def test_sensor_requests_exactly_the_stale_trees(built, monkeypatch):
+    from assets.partitions import register_trees
     from orchestration.sensors import plan_rebuilds
 
     home, _ = built
-    assert isinstance(plan_rebuilds(home, set(pipeline.stale_trees(home).wanted)), dg.SkipReason)
     plan = pipeline.stale_trees(home)
+    instance = dg.DagsterInstance.ephemeral()
+    assert register_trees(instance, plan.wanted) == list(plan.wanted)
+    assert register_trees(instance, plan.wanted) == []  # each tree registered once
+    assert isinstance(plan_rebuilds(home, instance), dg.SkipReason)
     victim = sorted(plan.wanted)[0]
     meta = home.expert_dir(victim) / "meta.json"
     saved = meta.read_text()
@@ -331,7 +335,7 @@ def test_sensor_requests_exactly_the_stale_trees(built, monkeypatch):
         data = json.loads(saved)
         data["version"] = "outdated"
         meta.write_text(json.dumps(data))
-        result = plan_rebuilds(home, set(plan.wanted))
+        result = plan_rebuilds(home, instance)
         assert [r.partition_key for r in result.run_requests] == [victim]
     finally:
         meta.write_text(saved)

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from probex_core.classnames import class_name
+from probex_core.env import HOME_VAR
 from probex_core.metrics import per_class_accuracy
 from probex_core.modelj_fixture import ModelJSizes, signal_layer_name, write_modelj
 from probex_core.models import build_model
@@ -188,7 +189,7 @@ def run(quick: bool = False) -> dict:
         )
 
         # the command a user types, in its own process (start-up and imports included)
-        env = {**os.environ, "PROBEX_HOME": str(Path(tmp) / "home")}
+        env = {**os.environ, HOME_VAR: str(Path(tmp) / "home")}
         cmd = [sys.executable, "-m", "orchestration.cli", "run", "--hub", str(subset)]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, capture_output=True)

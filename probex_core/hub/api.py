@@ -35,6 +35,7 @@ try:  # the HTTP client under huggingface_hub: httpx2 (as in 2.4), httpx in 1.x
 except ImportError:  # pragma: no cover - huggingface_hub 1.x
     import httpx as httpx2  # type: ignore[no-redef]
 
+from probex_core.digest import digest
 from probex_core.errors import UserError
 from probex_core.hub import parse
 from probex_core.hub.records import RepoError, RepoRecord, check_file_size
@@ -105,6 +106,7 @@ class HubApiSource:
     """
 
     name = "hf_api"
+    cheap_listing = False
 
     def __init__(
         self,
@@ -127,6 +129,9 @@ class HubApiSource:
         self.author, self.search, self.limit = author, search, limit
         self.retry = retry or RetryPolicy()
         self._api = HfApi(endpoint=self.endpoint, token=token)
+
+    def listing_fingerprint(self) -> str:
+        return digest(sorted(self.list_repos()))
 
     def list_repos(self) -> Iterator[str]:
         """Model ids matching the filters, page by page (the hub's Link headers).

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from probex_core.digest import digest
 from probex_core.hub import parse
 from probex_core.hub.records import RepoError, RepoRecord, check_file_size
 from probex_core.hub.safetensors_io import ParsedHeader, decode_tensor, header_length, parse_header
@@ -27,10 +28,24 @@ class DirectorySource:
     """
 
     name = "directory"
+    cheap_listing = True
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._root_resolved = self.root.resolve()
+
+    def listing_fingerprint(self) -> str:
+        ids = sorted(self.list_repos())
+        stats = []
+        for repo in ids:
+            d = self.root / repo
+            if d.is_dir():
+                stats.extend(
+                    (str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in sorted(d.iterdir())
+                    if p.is_file()
+                )
+        return digest(ids, stats)
 
     def _open(self, path: Path) -> BinaryIO:
         """Open a file for reading; one place so tests can count the bytes read."""

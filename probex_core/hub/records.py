@@ -112,9 +112,18 @@ class HubSource(Protocol):
     """One way to reach a hub: local directory, Hugging Face cache, or the Hub API."""
 
     name: str
+    # True when listing reads only local directories: a crawl then records the listing it
+    # started from (a Hub API listing is a network crawl of its own)
+    cheap_listing: bool
 
     def list_repos(self) -> Iterator[str]:
         """Repo ids this source offers, cheaply (no file reads beyond directory listings)."""
+        ...
+
+    def listing_fingerprint(self) -> str:
+        """A hash of what the hub lists: the ids, plus each repo's file names, sizes and
+        modification times where the repos are directories under a root. What the
+        hub-change sensor compares between ticks."""
         ...
 
     def crawl(self, repo_id: str) -> RepoRecord:

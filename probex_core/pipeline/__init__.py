@@ -9,7 +9,6 @@ from probex_core.pipeline.common import CODE_VERSIONS, ExpertSettings, StepRepor
 from probex_core.pipeline.crawl import (
     crawl,
     crawled_listing,
-    hub_listing_fingerprint,
     load_records,
 )
 from probex_core.pipeline.evaluate import evaluate
@@ -28,7 +27,6 @@ __all__ = [
     "crawled_listing",
     "evaluate",
     "extract_layers",
-    "hub_listing_fingerprint",
     "load_meta",
     "load_records",
     "predict",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from probex_core.train import TrainConfig
 # asset (and what depends on it) becomes stale.
 CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
-    "model_trees": "4",
+    "model_trees": "5",
     "tree_layers": "3",
     "tree_experts": "7",
     "model_predictions": "4",
@@ -95,14 +93,6 @@ class ExpertSettings:
             seed=self.seed,
             objective=objective,
         )
-
-
-def digest(*parts: object) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
 
 
 def png(fig) -> bytes:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from probex_core.catalog import Home, atomic_write_json, write_table
+from probex_core.digest import digest
 from probex_core.hub import HubSource, Rejected, RepoRecord, TensorInfo, crawl_all
-from probex_core.pipeline.common import Progress, StepReport, Ticker, digest, frame
+from probex_core.pipeline.common import Progress, StepReport, Ticker, frame
 
 REPO_COLUMNS = {
     "repo_id": "str",
@@ -77,7 +78,7 @@ def crawl(home: Home, source: HubSource, progress: Progress | None = None) -> St
     tick = Ticker(progress)
     # before the crawl, so a change during it shows; directory hubs only (a Hub API listing
     # is a network crawl of its own)
-    listing = hub_listing_fingerprint(source) if getattr(source, "root", None) else None
+    listing = source.listing_fingerprint() if source.cheap_listing else None
     records, rejected = crawl_all(
         source, on_repo=lambda n, bad: tick(f"crawled {n:,} repos ({bad:,} rejected)")
     )
@@ -142,20 +143,3 @@ def crawled_listing(home: Home) -> str | None:
     """The hub listing fingerprint the last crawl saw (None before the first crawl)."""
     path = home.artifacts / "listing.json"
     return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
-
-
-def hub_listing_fingerprint(source: HubSource) -> str:
-    """A cheap hash of what the hub lists (ids, plus file sizes/times for local hubs)."""
-    ids = sorted(source.list_repos())
-    root = getattr(source, "root", None)
-    stats = []
-    if root is not None:
-        for repo in ids:
-            d = Path(root) / repo
-            if d.is_dir():
-                stats.extend(
-                    (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                    for p in sorted(d.iterdir())
-                    if p.is_file()
-                )
-    return digest(ids, stats)

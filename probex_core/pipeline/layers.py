@@ -9,6 +9,7 @@ import torch
 
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, atomic_write_json, read_table
+from probex_core.digest import digest
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, require_finite
 from probex_core.pipeline.common import (
     CODE_VERSIONS,
@@ -16,7 +17,6 @@ from probex_core.pipeline.common import (
     Progress,
     StepReport,
     Ticker,
-    digest,
 )
 from probex_core.pipeline.crawl import layers_part, load_records, write_rejected
 from probex_core.train import open_layer_stack, write_layer_stack

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
-from probex_core.pipeline.common import StepReport, digest, frame
+from probex_core.digest import digest
+from probex_core.pipeline.common import StepReport, frame
 from probex_core.pipeline.experts import load_meta, text_encoder
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.text import class_prompts

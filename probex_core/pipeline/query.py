@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, load_sql, query, read_table
+from probex_core.env import hub_from_env
 from probex_core.errors import UserError
 from probex_core.hub import LocalHubSource, RepoError, RepoRecord, make_source
 from probex_core.pipeline.experts import is_list, load_meta, text_encoder
@@ -96,7 +96,7 @@ def _resolve(home: Home, target: str, hub: str | None) -> tuple[object, RepoReco
         source = LocalHubSource(path.parent.parent)
         repo_id = f"{path.parent.name}/{path.name}"
         return source, source.crawl(repo_id)
-    hub = hub or os.environ.get("PROBEX_HUB") or last_run_hub(home)
+    hub = hub_from_env(hub) or last_run_hub(home)
     if hub is None:
         raise UserError(
             f"{target!r} is neither a file nor a directory, and no hub to look it up in: "

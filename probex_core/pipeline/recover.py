@@ -15,13 +15,13 @@ from probex_core.catalog import (
     remove_table_parts,
     write_table,
 )
+from probex_core.digest import digest
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, read_layer, require_finite
 from probex_core.pipeline.common import (
     CODE_VERSIONS,
     Progress,
     StepReport,
     Ticker,
-    digest,
     frame,
 )
 from probex_core.pipeline.crawl import (
@@ -230,7 +230,7 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
     routes = route_all(home, wrecs, recovery, records)
     summary = {
         "trees": len(recovery.trees),
-        "tree_ids": ",".join(sorted(recovery.trees)),
+        "tree_ids": sorted(recovery.trees),
         "models": len(recovery.models),
         "rejected_weights": len(rejected),
         "card_disagreements": len(dis),

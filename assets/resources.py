@@ -1,23 +1,26 @@
-"""Resources: where probex writes (its home) and which hub it reads. Chosen in one place."""
+"""Resources: where probex writes (its home) and which hub it reads (defaults: probex_core.env).
+
+They live beside the assets that use them, so orchestration imports assets and never the
+other way round."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from probex_core.catalog import Home
+from probex_core.env import default_zoo_hub, home_root, hub_from_env
 
 
 def default_home() -> str:
-    return str(Path(os.environ.get("PROBEX_HOME", ".probex")).resolve())
+    return str(home_root())
 
 
 def default_hub() -> str:
     """PROBEX_HUB, else the embedded zoo that `probex run` generates under the home."""
-    return os.environ.get("PROBEX_HUB") or str(Path(default_home()) / "zoo-default" / "hub")
+    return hub_from_env() or str(default_zoo_hub(home_root()))
 
 
 class ProbexHome(dg.ConfigurableResource):

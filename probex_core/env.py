@@ -1,0 +1,38 @@
+"""Where probex writes and which hub it reads: every environment variable and default of the
+two, decided here and nowhere else.
+
+- The home: an explicit directory, else `$PROBEX_HOME`, else `./.probex`.
+- The hub: an explicit spec, else `$PROBEX_HUB`; without either, each caller says what it
+  falls back to — `probex run` and the Dagster resources to the embedded zoo generated under
+  the home (`default_zoo_hub`), `probex predict` and `probex ui` to the hub the last run read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_VAR = "PROBEX_HOME"
+HUB_VAR = "PROBEX_HUB"
+DEFAULT_HOME = ".probex"
+DEFAULT_ZOO = "default"
+
+
+def home_root(explicit: str | Path | None = None) -> Path:
+    """The home directory, resolved: `explicit`, else $PROBEX_HOME, else ./.probex."""
+    return Path(explicit or os.environ.get(HOME_VAR) or DEFAULT_HOME).resolve()
+
+
+def hub_from_env(explicit: str | None = None) -> str | None:
+    """The hub a user asked for: `explicit`, else $PROBEX_HUB; None when neither is set."""
+    return explicit or os.environ.get(HUB_VAR) or None
+
+
+def zoo_dir(home: Path, preset: str = DEFAULT_ZOO) -> Path:
+    """Where the embedded zoo of a preset is generated under a home (hub/ + manifest.json)."""
+    return Path(home) / f"zoo-{preset}"
+
+
+def default_zoo_hub(home: Path, preset: str = DEFAULT_ZOO) -> Path:
+    """The hub of the embedded zoo under a home."""
+    return zoo_dir(home, preset) / "hub"
