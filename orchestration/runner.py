@@ -22,16 +22,10 @@ from assets.resources import make_resources
 from assets.trees import model_trees
 from orchestration.definitions import ASSET_MODULES
 from probex_core import pipeline
-from probex_core.catalog import (
-    Home,
-    atomic_write_bytes,
-    atomic_write_json,
-    query,
-    read_table,
-    sweep_partial_files,
-)
+from probex_core.catalog import Home, query, read_table, sweep_partial_files
 from probex_core.env import default_zoo_hub, zoo_dir
 from probex_core.errors import UserError
+from probex_core.files import atomic_write_bytes, atomic_write_json
 from probex_core.hub import describe_hub, make_source
 
 

@@ -9,9 +9,6 @@ while partitions run: every step writes its own Parquet file (atomically: temp +
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+
+from probex_core.files import atomic_path
 
 SQL_DIR = Path(str(resources.files("sql")))
 
@@ -72,42 +71,17 @@ def load_sql(name: str) -> str:
     return path.read_text()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
 def write_table(home: Home, table: str, df: pd.DataFrame, part: str = "all") -> Path:
     """Write one Parquet part of a table atomically; a table is the union of its parts.
 
     Partitioned steps write their own part (e.g. one per tree), so they never contend.
     """
     out = home.table_dir(table) / f"{part}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{part}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         con = duckdb.connect()  # in-memory: no lock on the catalog file
         con.register("frame", df)
         con.execute(f"COPY (SELECT * FROM frame) TO '{_quote(tmp)}' (FORMAT parquet)")
         con.close()
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

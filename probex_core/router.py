@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from probex_core.catalog import atomic_write_bytes
+from probex_core.files import atomic_write_bytes
 from probex_core.trees import (
     TreeRecovery,
     WeightRecord,

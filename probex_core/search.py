@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save
 
-from probex_core.catalog import atomic_write_bytes, load_sql
+from probex_core.catalog import load_sql
+from probex_core.files import atomic_write_bytes
 
 # Ranks the catalog's `embeddings` view (repo_id, tree_id, encoder, embedding FLOAT[],
 # documented) by cosine similarity to a bound text vector. Parameters, in order: the text

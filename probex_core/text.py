@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -26,6 +25,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from probex_core.files import atomic_path
 
 DEFAULT_TEMPLATE = "a photo of a {name}"  # the paper's prompt (SCIENCE.md §1)
 DEFAULT_SPEC = "minilm"
@@ -271,15 +272,8 @@ class EmbeddingCache:
             key = f"e{i}"
             tensors[key] = self._vecs[name].contiguous()
             index[name] = {"tensor": key, "texts": sorted(rows, key=rows.__getitem__)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self.path) as tmp:
             save_file(tensors, tmp, metadata={"format": "pt", "index": json.dumps(index)})
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def _read(self) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
         if not self.path.exists():

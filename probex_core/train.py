@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from probex_core.files import atomic_path
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, WeightModel, build_model
 
@@ -130,11 +129,6 @@ class TensorData:
 # ---------------------------------------------------------------------------- layer store
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
 def write_layer_stack(
     path: str | Path, repo_ids: Sequence[str], X: torch.Tensor | Iterable[torch.Tensor]
 ) -> Path:
@@ -145,23 +139,16 @@ def write_layer_stack(
     """
     path = Path(path)
     ids = list(repo_ids)
-    fd, tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         if isinstance(X, torch.Tensor):
-            os.close(fd)
             if len(X) != len(ids):
                 raise ValueError(f"{len(ids)} repo_ids for {len(X)} matrices")
             save_file(
                 {"X": X.detach().float().contiguous()}, tmp, metadata={"repo_ids": json.dumps(ids)}
             )
         else:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 _stream_stack(f, ids, iter(X))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -519,15 +506,8 @@ def save_expert(
         "probex_config": json.dumps(model.config),
         "probex_meta": json.dumps(dict(meta or {})),
     }
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -1,3 +1,5 @@
+import json
+
 import duckdb
 import pandas as pd
 import pytest
@@ -51,6 +53,19 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     write_table(home, "repos", pd.DataFrame({"repo_id": ["a/b"]}))
     files = sorted(p.name for p in home.table_dir("repos").iterdir())
     assert files == ["all.parquet"]
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
+    from probex_core.files import atomic_path, atomic_write_json
+
+    target = tmp_path / "deep" / "state.json"
+    atomic_write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "trunc')
+            raise RuntimeError("killed half-way")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]
 
 
 def test_parts_from_older_code_get_new_columns_as_null(tmp_path):

@@ -69,7 +69,6 @@ class ExpertSettings:
     seed: int = 0  # seeds the train/val split and every model
     val_fraction: float = 0.2  # share of documented models held out for validation
     min_documented: int = 40  # fewer documented models in a tree: no expert (it would not learn)
-    max_layers: int = 6  # candidate layers per tree in the sweep
     dense_max_params: int = 30_000_000  # skip the Dense baseline above this size (reported)
     # ProbeX widths: 32 probes, V 64 wide (32 ± pairs in a warm start), e 128 wide. The paper's
     # 128/128 were no better on the zoo and 26× fewer parameters than Dense on a 128×768 layer

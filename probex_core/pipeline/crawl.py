@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from probex_core.catalog import Home, atomic_write_json, write_table
+from probex_core.catalog import Home, write_table
 from probex_core.digest import digest
+from probex_core.files import atomic_write_json
 from probex_core.hub import HubSource, Rejected, RepoRecord, TensorInfo, crawl_all
 from probex_core.pipeline.common import Progress, StepReport, Ticker, frame
 

@@ -10,8 +10,9 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from probex_core.catalog import Home, atomic_write_json, read_table, write_table
+from probex_core.catalog import Home, read_table, write_table
 from probex_core.digest import digest
+from probex_core.files import atomic_write_json
 from probex_core.metrics import per_class_accuracy, topk_accuracy
 from probex_core.models import build_model, count_parameters
 from probex_core.pipeline.common import (

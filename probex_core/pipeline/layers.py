@@ -8,8 +8,9 @@ import re
 import torch
 
 from probex_core.canon import assemble_layer, find_layers
-from probex_core.catalog import Home, atomic_write_json, read_table
+from probex_core.catalog import Home, read_table
 from probex_core.digest import digest
+from probex_core.files import atomic_write_json
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, require_finite
 from probex_core.pipeline.common import (
     CODE_VERSIONS,

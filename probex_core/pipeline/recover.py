@@ -8,14 +8,9 @@ from collections import Counter, defaultdict
 
 import pandas as pd
 
-from probex_core.catalog import (
-    Home,
-    atomic_write_json,
-    read_table,
-    remove_table_parts,
-    write_table,
-)
+from probex_core.catalog import Home, read_table, remove_table_parts, write_table
 from probex_core.digest import digest
+from probex_core.files import atomic_write_json
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, read_layer, require_finite
 from probex_core.pipeline.common import (
     CODE_VERSIONS,

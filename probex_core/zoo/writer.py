@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from probex_core.files import atomic_path
+
 LICENSE = "apache-2.0"
 
 
@@ -49,9 +51,8 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_json(tmp, obj)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write_json(tmp, obj)
 
 
 def model_card(
