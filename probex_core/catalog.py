@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from probex_core.files import atomic_path
+from probex_core.schemas import TABLES, empty_select
 
 SQL_DIR = Path(str(resources.files("sql")))
 
@@ -125,32 +126,10 @@ def _quote(path: str | Path) -> str:
 
 
 # Base tables the views are built on: name → Parquet table directory.
-BASE_TABLES = (
-    "repos",
-    "rejected",
-    "tree_members",
-    "tree_summary",
-    "card_disagreements",
-    "expert_results",
-    "expert_status",
-    "layer_sweep",
-    "predictions_long",
-    "model_embeddings",
-    "routes",
-    "evaluation_rows",
-)
+BASE_TABLES = tuple(TABLES)  # every table's columns: probex_core.schemas
 
 # User-facing views, each defined in sql/view_<name>.sql over the base tables.
 VIEWS = ("models", "trees", "experts", "predictions", "evaluations", "rejected_repos", "embeddings")
-
-
-def _empty_select(table: str) -> str:
-    """The SELECT of sql/empty_<table>.sql ("CREATE OR REPLACE VIEW {name} AS SELECT …"): the
-    table's schema with no rows."""
-    head, sep, select = load_sql(f"empty_{table}").partition(" AS ")
-    if not sep or not head.startswith("CREATE OR REPLACE VIEW"):
-        raise ValueError(f"sql/empty_{table}.sql is not 'CREATE OR REPLACE VIEW {{name}} AS …'")
-    return select.strip().rstrip(";")
 
 
 def refresh_views(home: Home) -> None:
@@ -163,7 +142,7 @@ def refresh_views(home: Home) -> None:
     try:
         for table in BASE_TABLES:
             parts = sorted(home.table_dir(table).glob("*.parquet"))
-            empty = _empty_select(table)
+            empty = empty_select(table)
             if parts:
                 # Parts written by older code may lack columns added since: the union with the
                 # empty schema gives them as NULL, so the views still bind until a rebuild.

@@ -101,18 +101,3 @@ def png(fig) -> bytes:
 
     plt.close(fig)
     return buf.getvalue()
-
-
-def frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
-    """A frame with fixed columns and dtypes, also when there are no rows (typed Parquet)."""
-    df = pd.DataFrame(rows, columns=list(columns))
-    for col, dtype in columns.items():
-        if dtype == "str":
-            df[col] = df[col].astype("string")
-        elif dtype == "bool":
-            df[col] = df[col].astype("boolean")
-        elif dtype == "int":
-            df[col] = df[col].astype("Int64")
-        elif dtype == "float":
-            df[col] = df[col].astype("float64")
-    return df

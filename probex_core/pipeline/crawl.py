@@ -12,25 +12,9 @@ from probex_core.catalog import Home, write_table
 from probex_core.digest import digest
 from probex_core.files import atomic_write_json
 from probex_core.hub import HubSource, Rejected, RepoRecord, TensorInfo, crawl_all
-from probex_core.pipeline.common import Progress, StepReport, Ticker, frame
+from probex_core.pipeline.common import Progress, StepReport, Ticker
+from probex_core.schemas import frame
 
-REPO_COLUMNS = {
-    "repo_id": "str",
-    "source": "str",
-    "kind": "str",
-    "weights_file": "str",
-    "signature": "str",
-    "fingerprint": "str",
-    "documented": "bool",
-    "base_model": "str",
-    "base_model_relation": "str",
-    "training_classes": "object",
-    "n_tensors": "int",
-    "n_params": "int",
-    "split": "str",
-    "withheld_classes": "object",
-}
-REJECTED_COLUMNS = {"repo_id": "str", "path": "str", "reason": "str", "stage": "str"}
 CRAWL_PART, WEIGHTS_PART = "all", "weights"  # parts of the `rejected` table (+ layers-<tree>)
 
 
@@ -106,7 +90,7 @@ def crawl(home: Home, source: HubSource, progress: Progress | None = None) -> St
         }
         for r in records
     ]
-    repos = frame(rows, REPO_COLUMNS)
+    repos = frame(rows, "repos")
     write_table(home, "repos", repos)
     rej = write_rejected(home, CRAWL_PART, "crawl", rejected)
     kinds = repos.groupby("kind").size().to_dict() if len(repos) else {}
@@ -135,7 +119,7 @@ def write_rejected(home: Home, part: str, stage: str, rejected: list[Rejected]) 
     """One stage's rejections as a part of the `rejected` table (rewritten, possibly empty,
     on every run of that stage, so a repaired repo leaves the list)."""
     rows = [{**dataclasses.asdict(x), "stage": stage} for x in rejected]
-    rej = frame(sorted(rows, key=lambda d: d["repo_id"]), REJECTED_COLUMNS)
+    rej = frame(sorted(rows, key=lambda d: d["repo_id"]), "rejected")
     write_table(home, "rejected", rej, part=part)
     return rej
 

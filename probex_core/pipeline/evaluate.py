@@ -30,7 +30,7 @@ from probex_core.metrics import (
     topk_accuracy,
     topk_chance,
 )
-from probex_core.pipeline.common import StepReport, frame, png
+from probex_core.pipeline.common import StepReport, png
 from probex_core.pipeline.experts import (
     is_list,
     load_meta,
@@ -39,20 +39,11 @@ from probex_core.pipeline.experts import (
     tree_labels,
 )
 from probex_core.pipeline.layers import load_layer_index
+from probex_core.schemas import frame
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
 
-EVAL_COLUMNS = {
-    "tree_id": "str",
-    "method": "str",
-    "metric": "str",
-    "value": "float",
-    "chance": "float",
-    "stderr": "float",  # standard error of value where it is a mean over models or queries
-    "n": "int",
-    "split": "str",
-}
 HOLDOUT = ("val_holdout", "test_holdout")
 
 
@@ -152,7 +143,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         truth, heldout = hub_truth(home)
         source = "hub labels of its evaluation splits"
     if not truth:
-        df = frame(rows, EVAL_COLUMNS)
+        df = frame(rows, "evaluation_rows")
         write_table(home, "evaluation_rows", df)
         refresh_views(home)
         return StepReport(
@@ -376,7 +367,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
                 else None,
             )
 
-    df = frame(rows, EVAL_COLUMNS)
+    df = frame(rows, "evaluation_rows")
     write_table(home, "evaluation_rows", df)
     refresh_views(home)
     return StepReport(

@@ -20,10 +20,10 @@ from probex_core.pipeline.common import (
     ExpertSettings,
     Progress,
     StepReport,
-    frame,
     png,
 )
 from probex_core.pipeline.layers import load_layer_index
+from probex_core.schemas import frame
 from probex_core.text import CachedTextEncoder, EmbeddingCache, class_prompts, get_text_encoder
 from probex_core.train import (
     RidgeResult,
@@ -41,21 +41,6 @@ from probex_core.train import (
     warm_start_probex,
 )
 
-RESULT_COLUMNS = {
-    "tree_id": "str",
-    "method": "str",
-    "objective": "str",
-    "layer": "str",
-    "metric": "str",
-    "value": "float",
-    "chance": "float",
-    "n_train": "int",
-    "n_val": "int",
-    "encoder": "str",
-    "checkpoint": "str",
-    "code_version": "str",
-}
-SWEEP_COLUMNS = {"tree_id": "str", "layer": "str", "method": "str", "val_metric": "float"}
 BASELINES = ("statnn", "dense")
 
 
@@ -326,7 +311,7 @@ def train_experts(
     )
     atomic_write_json(out / "meta.json", meta)
     write_status(home, tree_id, "trained", None, layer)
-    res_df = frame(results, RESULT_COLUMNS)
+    res_df = frame(results, "expert_results")
     write_table(home, "expert_results", res_df, part=tree_id)
     write_table(
         home,
@@ -336,7 +321,7 @@ def train_experts(
                 {"tree_id": tree_id, "layer": n, "method": "probex", "val_metric": v}
                 for n, v in curve.items()
             ],
-            SWEEP_COLUMNS,
+            "layer_sweep",
         ),
         part=tree_id,
     )
@@ -398,16 +383,13 @@ def encoder_state(model) -> dict[str, torch.Tensor]:
     }
 
 
-STATUS_COLUMNS = {"tree_id": "str", "status": "str", "reason": "str", "layer": "str"}
-
-
 def write_status(
     home: Home, tree_id: str, status: str, reason: str | None, layer: str | None
 ) -> None:
     """One row of `expert_status`: whether the tree got experts ("trained") or not
     ("skipped", with the reason), and the layer they read."""
     row = {"tree_id": tree_id, "status": status, "reason": reason, "layer": layer}
-    write_table(home, "expert_status", frame([row], STATUS_COLUMNS), part=tree_id)
+    write_table(home, "expert_status", frame([row], "expert_status"), part=tree_id)
 
 
 def calibrate(model, val: TensorData, single_label: bool) -> dict:
@@ -435,8 +417,8 @@ def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings
             "code_version": CODE_VERSIONS["tree_experts"],
         },
     )
-    write_table(home, "expert_results", frame([], RESULT_COLUMNS), part=tree_id)
-    write_table(home, "layer_sweep", frame([], SWEEP_COLUMNS), part=tree_id)
+    write_table(home, "expert_results", frame([], "expert_results"), part=tree_id)
+    write_table(home, "layer_sweep", frame([], "layer_sweep"), part=tree_id)
     write_status(home, tree_id, "skipped", reason, None)
     return StepReport(
         summary={"tree_id": tree_id, "skipped": reason}, data_version=index["version"]

@@ -8,27 +8,12 @@ import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.digest import digest
-from probex_core.pipeline.common import StepReport, frame
+from probex_core.pipeline.common import StepReport
 from probex_core.pipeline.experts import load_meta, text_encoder
 from probex_core.pipeline.layers import load_layer_index
+from probex_core.schemas import frame
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
-
-PRED_COLUMNS = {
-    "repo_id": "str",
-    "tree_id": "str",
-    "class_name": "str",
-    "probability": "float",
-    "rank": "int",
-}
-EMB_COLUMNS = {
-    "repo_id": "str",
-    "tree_id": "str",
-    "encoder": "str",
-    "embedding": "object",
-    "logit_scale": "float",  # the tree's zero-shot expert's logit scale s
-    "vocab_lse": "float",  # log Σ exp(s · cos) over the tree's class texts (search offset)
-}
 
 
 def text_space(model, X: torch.Tensor) -> torch.Tensor:
@@ -98,9 +83,9 @@ def predict(home: Home) -> StepReport:
                 }
             )
         done.append(tree_id)
-    pred_df = frame(preds, PRED_COLUMNS)
+    pred_df = frame(preds, "predictions_long")
     write_table(home, "predictions_long", pred_df)
-    write_table(home, "model_embeddings", frame(embs, EMB_COLUMNS))
+    write_table(home, "model_embeddings", frame(embs, "model_embeddings"))
     refresh_views(home)
     top = pred_df[pred_df["rank"] <= 3] if len(pred_df) else pred_df
     return StepReport(

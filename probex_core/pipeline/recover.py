@@ -17,7 +17,6 @@ from probex_core.pipeline.common import (
     Progress,
     StepReport,
     Ticker,
-    frame,
 )
 from probex_core.pipeline.crawl import (
     CRAWL_PART,
@@ -28,6 +27,7 @@ from probex_core.pipeline.crawl import (
     write_rejected,
 )
 from probex_core.router import Router, RouterConfig, tree_references
+from probex_core.schemas import columns, frame
 from probex_core.trees import (
     TreeConfig,
     WeightRecord,
@@ -36,36 +36,6 @@ from probex_core.trees import (
     is_head_layer,
     recover_trees,
 )
-
-MEMBER_COLUMNS = {
-    "repo_id": "str",
-    "tree_id": "str",
-    "parent": "str",
-    "depth": "int",
-    "is_root": "bool",
-}
-SUMMARY_COLUMNS = {
-    "tree_id": "str",
-    "root_repo": "str",
-    "kind": "str",
-    "signature": "str",
-    "size": "int",
-    "n_documented": "int",
-    "fingerprint": "str",
-}
-DISAGREE_COLUMNS = {
-    "repo_id": "str",
-    "declared_base": "str",
-    "recovered_parent": "str",
-    "declared_in_same_tree": "bool",
-}
-ROUTE_COLUMNS = {
-    "repo_id": "str",
-    "routed_tree": "str",
-    "distance": "float",
-    "margin": "float",
-    "reason": "str",
-}
 
 
 def weight_records(
@@ -199,7 +169,7 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
     recovery = recover_trees(wrecs, TreeConfig())
     keep = {CRAWL_PART, WEIGHTS_PART, *(layers_part(t) for t in recovery.trees)}
     remove_table_parts(home, "rejected", keep)  # layer rejections of trees now gone
-    members = frame(recovery.model_rows(), MEMBER_COLUMNS)
+    members = frame(recovery.model_rows(), "tree_members")
     write_table(home, "tree_members", members)
 
     rows = []
@@ -216,10 +186,10 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
                 "fingerprint": digest(sorted(records[i].fingerprint for i in ids)),
             }
         )
-    write_table(home, "tree_summary", frame(rows, SUMMARY_COLUMNS))
+    write_table(home, "tree_summary", frame(rows, "tree_summary"))
     dis = frame(
-        [{k: d[k] for k in DISAGREE_COLUMNS} for d in recovery.disagreement_rows()],
-        DISAGREE_COLUMNS,
+        [{k: d[k] for k in columns("card_disagreements")} for d in recovery.disagreement_rows()],
+        "card_disagreements",
     )
     write_table(home, "card_disagreements", dis)
     routes = route_all(home, wrecs, recovery, records)
@@ -276,6 +246,6 @@ def route_all(
                 "reason": res.reason,
             }
         )
-    routes = frame(rows, ROUTE_COLUMNS)
+    routes = frame(rows, "routes")
     write_table(home, "routes", routes)
     return routes

@@ -1,1 +1,0 @@
-CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS tree_id, NULL::VARCHAR AS method, NULL::VARCHAR AS objective, NULL::VARCHAR AS layer, NULL::VARCHAR AS metric, NULL::DOUBLE AS value, NULL::DOUBLE AS chance, NULL::INTEGER AS n_train, NULL::INTEGER AS n_val, NULL::VARCHAR AS encoder, NULL::VARCHAR AS checkpoint, NULL::VARCHAR AS code_version WHERE false;

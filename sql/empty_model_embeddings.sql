@@ -1,1 +1,0 @@
-CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS repo_id, NULL::VARCHAR AS tree_id, NULL::VARCHAR AS encoder, NULL::FLOAT[] AS embedding, NULL::DOUBLE AS logit_scale, NULL::DOUBLE AS vocab_lse WHERE false;

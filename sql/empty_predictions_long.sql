@@ -1,1 +1,0 @@
-CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS repo_id, NULL::VARCHAR AS tree_id, NULL::VARCHAR AS class_name, NULL::DOUBLE AS probability, NULL::INTEGER AS rank WHERE false;

@@ -1,1 +1,0 @@
-CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS repo_id, NULL::VARCHAR AS routed_tree, NULL::DOUBLE AS distance, NULL::DOUBLE AS margin, NULL::VARCHAR AS reason WHERE false;

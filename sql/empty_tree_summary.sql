@@ -1,1 +1,0 @@
-CREATE OR REPLACE VIEW {name} AS SELECT NULL::VARCHAR AS tree_id, NULL::VARCHAR AS root_repo, NULL::VARCHAR AS kind, NULL::VARCHAR AS signature, NULL::INTEGER AS size, NULL::INTEGER AS n_documented, NULL::VARCHAR AS fingerprint WHERE false;
