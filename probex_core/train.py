@@ -126,9 +126,6 @@ class TensorData:
         return self.X[:n]
 
 
-# ---------------------------------------------------------------------------- layer store
-
-
 def write_layer_stack(
     path: str | Path, repo_ids: Sequence[str], X: torch.Tensor | Iterable[torch.Tensor]
 ) -> Path:
@@ -270,9 +267,6 @@ class StackData:
 
 def as_dataset(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> Dataset:
     return TensorData(*data) if isinstance(data, tuple) else data
-
-
-# ---------------------------------------------------------------------------- training
 
 
 @dataclass
@@ -491,9 +485,6 @@ def zero_shot_scores(
     return _map_batches(lambda X: model.zero_shot_logits(X, texts), data, batch_size)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
 def save_expert(
     path: str | Path, model: WeightModel, meta: Mapping[str, Any] | None = None
 ) -> Path:
@@ -521,9 +512,6 @@ def load_expert(path: str | Path) -> tuple[WeightModel, dict[str, Any]]:
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, json.loads(md.get("probex_meta", "{}"))
-
-
-# ---------------------------------------------------------------------------- sweeps, baselines
 
 
 @dataclass
