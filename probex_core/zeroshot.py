@@ -68,13 +68,26 @@ def multi_hot(classes: Sequence[Sequence[str]], names: Sequence[str]) -> torch.T
     return Y
 
 
+def class_lists(Y: torch.Tensor, names: Sequence[str]) -> list[list[str]]:
+    """The inverse of `multi_hot`: each row's class names."""
+    return [[names[j] for j in torch.nonzero(y > 0.5).flatten().tolist()] for y in Y]
+
+
+def cosine_scores(embeddings: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """(N, C) cosines of models' text-space embeddings (unit rows, `text_embedding`) with C
+    class texts: what every zero-shot answer, held-out score and search ranks by."""
+    return embeddings.float() @ torch.nn.functional.normalize(texts.float(), dim=-1).T
+
+
 def train_zero_shot_expert(
     train: Split,
     val: Split,
     encoder: TextEncoder,
     cfg: ZeroShotConfig = ZeroShotConfig(),
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> ZeroShotExpert:
     """Train on `train` models with their classes' texts; keep the best checkpoint on `val`.
+    `init`: weights to start from (e.g. a trained classifier's encoder), loaded non-strictly.
 
     Label columns are every class in train ∪ val; `train_expert` computes the loss over the
     columns with a positive in train only, so classes that appear only in `val` (held-out ones,
@@ -90,6 +103,8 @@ def train_zero_shot_expert(
     model = build_model(
         cfg.kind, d_H, d_W, n_classes=0, text_dim=encoder.dim, seed=cfg.seed, **cfg.hparams
     )
+    if init is not None:
+        model.load_state_dict(dict(init), strict=False)
     cfg_train = replace(cfg.train, objective="zeroshot")
     result = train_expert(
         model,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from probex_core.pipeline.common import (
 )
 from probex_core.pipeline.layers import load_layer_index
 from probex_core.schemas import frame
-from probex_core.text import CachedTextEncoder, EmbeddingCache, class_prompts, get_text_encoder
+from probex_core.text import CachedTextEncoder, EmbeddingCache, get_text_encoder
 from probex_core.train import (
     RidgeResult,
     TensorData,
@@ -40,6 +41,7 @@ from probex_core.train import (
     train_expert,
     warm_start_probex,
 )
+from probex_core.zeroshot import ZeroShotConfig, class_lists, train_zero_shot_expert
 
 BASELINES = ("statnn", "dense")
 
@@ -130,9 +132,73 @@ def _plot(tree_id: str, curve: dict[str, float], history: list[dict]) -> bytes:
     return png(fig)
 
 
+@dataclass
+class _ExpertRun:
+    """One tree's expert training as it goes: where it writes, what it has written, and the
+    rows of `expert_results`."""
+
+    home: Home
+    tree_id: str
+    settings: ExpertSettings
+    layer: str
+    classes: list[str]
+    single_label: bool
+    train: TensorData
+    val: TensorData
+    meta: dict
+    results: list[dict] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.home.expert_dir(self.tree_id)
+
+    def save(self, key: str, model, **extra) -> str:
+        """Write one checkpoint as `<key>.safetensors`; returns its file name."""
+        path = self.out / f"{key}.safetensors"
+        save_expert(path, model, {**self.meta, **extra})
+        self.checkpoints[key] = path.name
+        return path.name
+
+    def record(
+        self, method: str, objective: str, metric: str, value: float, chance: float, ckpt: str
+    ) -> None:
+        self.results.append(
+            {
+                "tree_id": self.tree_id,
+                "method": method,
+                "objective": objective,
+                "layer": self.layer,
+                "metric": metric,
+                "value": float(value),
+                "chance": float(chance),
+                "n_train": len(self.train),
+                "n_val": len(self.val),
+                "encoder": self.settings.encoder,
+                "checkpoint": ckpt,
+                "code_version": CODE_VERSIONS["tree_experts"],
+            }
+        )
+
+    def record_classifier(self, method: str, model, ckpt: str, chance: float) -> None:
+        """Calibrate a classifier on validation and record its validation scores."""
+        self.calibration[method] = calibrate(model, self.val, self.single_label)
+        probs = predict_proba(model, self.val).numpy()
+        Y = self.val.Y.numpy()
+        self.record(method, "classify", "val_per_class_accuracy",
+                    per_class_accuracy(Y, probs), chance, ckpt)  # fmt: skip
+        if self.single_label:
+            self.record(method, "classify", "val_top1", topk_accuracy(probs, Y, 1),
+                        1 / len(self.classes), ckpt)  # fmt: skip
+
+
 def train_experts(
     home: Home, tree_id: str, settings: ExpertSettings, progress: Progress | None = None
 ) -> StepReport:
+    """Sweep the tree's candidate layers, then on the best one train ProbeX (warm-started
+    from the ridge read-out), its baselines and the zero-shot expert; write checkpoints,
+    meta.json and the tree's rows of `expert_results`, `layer_sweep` and `expert_status`."""
     index = load_layer_index(home, tree_id)
     repo_ids = index["repo_ids"]
     classes, rows, Y = tree_labels(home, repo_ids)
@@ -141,165 +207,37 @@ def train_experts(
     tr, va, split_from = split_members(
         home, [repo_ids[i] for i in rows], settings.val_fraction, settings.seed
     )
-    ldir = home.layer_dir(tree_id)
-
-    def data(layer: str, idx: list[int]) -> TensorData:
-        with open_layer_stack(ldir / f"{layer}.safetensors") as stack:
-            return TensorData(stack.read([rows[i] for i in idx]), Y[idx])
-
-    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
-    single_label = bool((Y.sum(1) == 1).all())
-    objective = "single" if single_label else "classify"
-    t0 = time.perf_counter()
-    splits = {n: (data(n, tr), data(n, va)) for n in index["layers"]}
     say = progress or (lambda line: None)
+    t0 = time.perf_counter()
+    single_label = bool((Y.sum(1) == 1).all())
+    splits = _layer_data(home, tree_id, index["layers"], [rows[i] for i in tr],
+                         [rows[i] for i in va], Y[tr], Y[va])  # fmt: skip
     say(
         f"experts: {len(rows)} documented models ({len(tr)} train, {len(va)} val), "
         f"{len(classes)} classes; sweeping {len(splits)} layers ({settings.sweep_epochs} epochs)"
     )
-    sweep_cfg = settings.train_config(objective, sweep=True)
-    swept = {
-        n: warm_probex(a, b, len(classes), sweep_cfg, settings, single_label)
-        for n, (a, b) in splits.items()
-    }
-    curve = {n: r.best_metric for n, (_, r) in swept.items()}
-    layer = max(curve, key=curve.__getitem__)
-    train_d, val_d = splits[layer]
-    d_H, d_W = train_d.shape
-    chance = majority_chance(train_d.Y, val_d.Y)
-    cfg = settings.train_config(objective)
-    out = home.expert_dir(tree_id)
-    out.mkdir(parents=True, exist_ok=True)
-    version = index["version"]
-    meta = {
-        "tree_id": tree_id,
-        "layer": layer,
-        "classes": classes,
-        "version": version,
-        "code_version": CODE_VERSIONS["tree_experts"],
-        "encoder": settings.encoder,
-        "settings": asdict(settings),
-    }
-
-    results, checkpoints, calibration = [], {}, {}
-
-    def record(
-        method: str, objective: str, metric: str, value: float, chance_: float, ckpt: str
-    ) -> None:
-        results.append(
-            {
-                "tree_id": tree_id,
-                "method": method,
-                "objective": objective,
-                "layer": layer,
-                "metric": metric,
-                "value": float(value),
-                "chance": float(chance_),
-                "n_train": len(tr),
-                "n_val": len(va),
-                "encoder": settings.encoder,
-                "checkpoint": ckpt,
-                "code_version": CODE_VERSIONS["tree_experts"],
-            }
-        )
-
+    layer, curve, ridge = _sweep(splits, len(classes), settings, single_label)
+    run = _ExpertRun(
+        home, tree_id, settings, layer, classes, single_label, *splits[layer],
+        meta={
+            "tree_id": tree_id,
+            "layer": layer,
+            "classes": classes,
+            "version": index["version"],
+            "code_version": CODE_VERSIONS["tree_experts"],
+            "encoder": settings.encoder,
+            "settings": asdict(settings),
+        },
+    )  # fmt: skip
+    run.out.mkdir(parents=True, exist_ok=True)
     say(f"experts: layer {layer} chosen; training ProbeX and baselines ({settings.epochs} epochs)")
-    ridge, probex = warm_probex(
-        train_d, val_d, len(classes), cfg, settings, single_label, ridge=swept[layer][0]
-    )
-    trained = {"probex": probex}
-    # the paper's ProbeX, from random probes, beside the warm-started one
-    models = {
-        "probex-scratch": build_model("probex", d_H, d_W, len(classes), seed=settings.seed, **hp)
-    }
-    for kind in BASELINES:
-        if kind == "dense" and d_H * d_W * len(classes) > settings.dense_max_params:
-            continue  # reported below as skipped
-        models[kind] = build_model(kind, d_H, d_W, len(classes), seed=settings.seed)
-    history = []
-    for method in ("probex", *models):
-        res = trained.get(method) or train_expert(models[method], train_d, val_d, cfg)
-        path = out / f"{method}.safetensors"
-        save_expert(
-            path, res.model, {**meta, "method": method, "params": count_parameters(res.model)}
-        )
-        checkpoints[method] = path.name
-        calibration[method] = calibrate(res.model, val_d, single_label)
-        probs = predict_proba(res.model, val_d).numpy()
-        record(
-            method,
-            "classify",
-            "val_per_class_accuracy",
-            per_class_accuracy(val_d.Y.numpy(), probs),
-            chance,
-            path.name,
-        )
-        if single_label:
-            record(
-                method,
-                "classify",
-                "val_top1",
-                topk_accuracy(probs, val_d.Y.numpy(), 1),
-                1 / len(classes),
-                path.name,
-            )
-        if method == "probex":
-            history = res.history
-    # the closed-form ridge read-out: the warm start, and a cheap linear bar beside the experts
-    path = out / "ridge.safetensors"
-    save_expert(path, ridge.model, {**meta, "method": "ridge", "ridge_lambda": ridge.ridge})
-    checkpoints["ridge"] = path.name
-    calibration["ridge"] = calibrate(ridge.model, val_d, single_label)
-    probs = predict_proba(ridge.model, val_d).numpy()
-    record("ridge", "classify", "val_per_class_accuracy",
-           per_class_accuracy(val_d.Y.numpy(), probs), chance, path.name)  # fmt: skip
-    if single_label:
-        record("ridge", "classify", "val_top1", ridge.best_metric, 1 / len(classes), path.name)
-
+    probex, skipped = _train_classifiers(run, ridge)
     say("experts: training the zero-shot expert (text space)")
-    encoder = text_encoder(home, settings.encoder)
-    texts = encoder.encode(class_prompts(classes))
-    present = val_d.Y[:, val_d.Y.sum(0) > 0]
-    if single_label:  # top-1 among the candidates; a random guess is right this often
-        zs_metric, zs_chance = (
-            "val_zero_shot_top1",
-            float((present.sum(1) / present.shape[1]).mean()),
-        )
-    else:
-        zs_metric, zs_chance = "val_zero_shot_ranking_auc", 0.5
-    # one class per model: the paper's softmax head; many: the multi-label (BCE) head beside
-    # it, and the better on validation becomes the tree's zero-shot expert
-    losses = ("softmax",) if single_label else ("softmax", "bce")
-    zs_runs = {}
-    for loss in losses:
-        zs = build_model(
-            "probex", d_H, d_W, 0, text_dim=texts.shape[1], seed=settings.seed,
-            zs_direction="weight_to_text", **hp,
-        )  # fmt: skip
-        # the classifier's encoder: its representation already holds the classes linearly
-        zs.load_state_dict(encoder_state(probex.model), strict=False)
-        zs_cfg = replace(settings.train_config("zeroshot"), zs_loss=loss)
-        zs_runs[loss] = train_expert(
-            zs, train_d, val_d, zs_cfg, text_embeddings=texts, class_names=classes
-        )
-        path = out / f"zeroshot-{loss}.safetensors"
-        save_expert(
-            path,
-            zs_runs[loss].model,
-            {**meta, "method": f"probex-zeroshot-{loss}", "encoder_name": encoder.name},
-        )
-        checkpoints[f"zeroshot-{loss}"] = path.name
-        record(f"probex-zeroshot-{loss}", "zeroshot", zs_metric, zs_runs[loss].best_metric,
-               zs_chance, path.name)  # fmt: skip
-    chosen = max(losses, key=lambda k: zs_runs[k].best_metric)
-    checkpoints["zeroshot"] = checkpoints[f"zeroshot-{chosen}"]
-    record("probex", "zeroshot", zs_metric, zs_runs[chosen].best_metric, zs_chance,
-           checkpoints["zeroshot"])  # fmt: skip
-
-    meta.update(
+    chosen = _train_zero_shot(run, probex.model)
+    run.meta.update(
         {
-            "checkpoints": checkpoints,
-            "calibration": calibration,
+            "checkpoints": run.checkpoints,
+            "calibration": run.calibration,
             "sweep": curve,
             "seconds": time.perf_counter() - t0,
             "split_from": split_from,
@@ -309,34 +247,113 @@ def train_experts(
             "zero_shot_loss": chosen,
         }
     )
-    atomic_write_json(out / "meta.json", meta)
-    write_status(home, tree_id, "trained", None, layer)
-    res_df = frame(results, "expert_results")
+    return _write_tree_results(run, curve, probex.history, skipped)
+
+
+def _layer_data(home, tree_id, layers, train_rows, val_rows, Y_train, Y_val):
+    """Per candidate layer, (train, val) TensorData read from the tree's layer stacks."""
+
+    def data(layer: str, idx: list[int], Y: torch.Tensor) -> TensorData:
+        with open_layer_stack(home.layer_dir(tree_id) / f"{layer}.safetensors") as stack:
+            return TensorData(stack.read(idx), Y)
+
+    return {n: (data(n, train_rows, Y_train), data(n, val_rows, Y_val)) for n in layers}
+
+
+def _sweep(splits: dict, n_classes: int, settings: ExpertSettings, single_label: bool):
+    """A short warm-started ProbeX per layer; the best on validation is the tree's layer.
+    Returns (layer, validation score per layer, that layer's ridge read-out)."""
+    objective = "single" if single_label else "classify"
+    cfg = settings.train_config(objective, sweep=True)
+    swept = {
+        n: warm_probex(a, b, n_classes, cfg, settings, single_label) for n, (a, b) in splits.items()
+    }
+    curve = {n: r.best_metric for n, (_, r) in swept.items()}
+    layer = max(curve, key=curve.__getitem__)
+    return layer, curve, swept[layer][0]
+
+
+def _train_classifiers(run: _ExpertRun, ridge: RidgeResult) -> tuple[TrainResult, list[str]]:
+    """ProbeX (warm-started from the ridge read-out), the paper's ProbeX from random probes,
+    the baselines and the ridge read-out itself: each saved, calibrated and recorded.
+    Returns ProbeX's result and what was skipped (Dense over its size cap)."""
+    settings, n = run.settings, len(run.classes)
+    d_H, d_W = run.train.shape
+    chance = majority_chance(run.train.Y, run.val.Y)
+    cfg = settings.train_config("single" if run.single_label else "classify")
+    _, probex = warm_probex(run.train, run.val, n, cfg, settings, run.single_label, ridge=ridge)
+    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
+    models = {"probex-scratch": build_model("probex", d_H, d_W, n, seed=settings.seed, **hp)}
+    skipped = []
+    for kind in BASELINES:
+        if kind == "dense" and d_H * d_W * n > settings.dense_max_params:
+            skipped.append(f"dense skipped: {d_H}x{d_W}x{n} > {settings.dense_max_params} params")
+            continue
+        models[kind] = build_model(kind, d_H, d_W, n, seed=settings.seed)
+    for method in ("probex", *models):
+        res = (
+            probex if method == "probex" else train_expert(models[method], run.train, run.val, cfg)
+        )
+        ckpt = run.save(method, res.model, method=method, params=count_parameters(res.model))
+        run.record_classifier(method, res.model, ckpt, chance)
+    # the closed-form ridge read-out: the warm start, and a cheap linear bar beside the experts
+    ckpt = run.save("ridge", ridge.model, method="ridge", ridge_lambda=ridge.ridge)
+    run.record_classifier("ridge", ridge.model, ckpt, chance)
+    return probex, skipped
+
+
+def _train_zero_shot(run: _ExpertRun, classifier) -> str:
+    """The zero-shot expert (weights → text space) through `zeroshot.train_zero_shot_expert`,
+    started from the classifier's encoder. One class per model: the paper's softmax head;
+    several: the multi-label (BCE) head beside it, and the better on validation becomes the
+    tree's zero-shot expert. Returns the loss chosen."""
+    settings = run.settings
+    encoder = text_encoder(run.home, settings.encoder)
+    present = run.val.Y[:, run.val.Y.sum(0) > 0]
+    if run.single_label:  # top-1 among the candidates; a random guess is right this often
+        metric, chance = "val_zero_shot_top1", float((present.sum(1) / present.shape[1]).mean())
+    else:
+        metric, chance = "val_zero_shot_ranking_auc", 0.5
+    train = (run.train.X, class_lists(run.train.Y, run.classes))
+    val = (run.val.X, class_lists(run.val.Y, run.classes))
+    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
+    scores = {}
+    for loss in ("softmax",) if run.single_label else ("softmax", "bce"):
+        cfg = ZeroShotConfig(
+            hparams={**hp, "zs_direction": "weight_to_text"},
+            train=replace(settings.train_config("zeroshot"), zs_loss=loss),
+            seed=settings.seed,
+        )
+        # the classifier's encoder: its representation already holds the classes linearly
+        expert = train_zero_shot_expert(train, val, encoder, cfg, init=encoder_state(classifier))
+        ckpt = run.save(f"zeroshot-{loss}", expert.model,
+                        method=f"probex-zeroshot-{loss}", encoder_name=encoder.name)  # fmt: skip
+        scores[loss] = expert.result.best_metric
+        run.record(f"probex-zeroshot-{loss}", "zeroshot", metric, scores[loss], chance, ckpt)
+    chosen = max(scores, key=scores.__getitem__)
+    run.checkpoints["zeroshot"] = run.checkpoints[f"zeroshot-{chosen}"]
+    run.record("probex", "zeroshot", metric, scores[chosen], chance, run.checkpoints["zeroshot"])
+    return chosen
+
+
+def _write_tree_results(
+    run: _ExpertRun, curve: dict[str, float], history: list[dict], skipped: list[str]
+) -> StepReport:
+    home, tree_id, meta = run.home, run.tree_id, run.meta
+    atomic_write_json(run.out / "meta.json", meta)
+    write_status(home, tree_id, "trained", None, run.layer)
+    res_df = frame(run.results, "expert_results")
     write_table(home, "expert_results", res_df, part=tree_id)
-    write_table(
-        home,
-        "layer_sweep",
-        frame(
-            [
-                {"tree_id": tree_id, "layer": n, "method": "probex", "val_metric": v}
-                for n, v in curve.items()
-            ],
-            "layer_sweep",
-        ),
-        part=tree_id,
-    )
-    skipped = (
-        []
-        if "dense" in models
-        else [f"dense skipped: {d_H}x{d_W}x{len(classes)} > {settings.dense_max_params} params"]
-    )
+    sweep = [{"tree_id": tree_id, "layer": n, "method": "probex", "val_metric": v}
+             for n, v in curve.items()]  # fmt: skip
+    write_table(home, "layer_sweep", frame(sweep, "layer_sweep"), part=tree_id)
     return StepReport(
         summary={
             "tree_id": tree_id,
-            "layer": layer,
-            "classes": len(classes),
-            "n_train": len(tr),
-            "n_val": len(va),
+            "layer": run.layer,
+            "classes": len(run.classes),
+            "n_train": len(run.train),
+            "n_val": len(run.val),
             "seconds": round(meta["seconds"], 1),
             "notes": "; ".join(skipped) or "none",
             # the layer sweep as numbers: the UI shows short values inline (and plots them
@@ -351,7 +368,7 @@ def train_experts(
                 [float(h["val"]) for h in history],
             )
         },
-        data_version=digest(version, res_df.value.round(6).tolist()),
+        data_version=digest(meta["version"], res_df.value.round(6).tolist()),
     )
 
 
