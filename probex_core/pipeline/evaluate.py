@@ -11,11 +11,11 @@ scored only against a manifest, which alone knows the true trees.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.metrics import (
@@ -43,6 +43,7 @@ from probex_core.schemas import frame
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
+from probex_core.zeroshot import cosine_scores, multi_hot
 
 HOLDOUT = ("val_holdout", "test_holdout")
 
@@ -66,16 +67,6 @@ def _recovery_from_tables(home: Home) -> TreeRecovery:
         for r in summary.itertuples()
     }
     return TreeRecovery(models, trees, [], {})
-
-
-def _multi_hot(class_lists: list[list[str]], classes: list[str]) -> np.ndarray:
-    col = {c: j for j, c in enumerate(classes)}
-    Y = np.zeros((len(class_lists), len(classes)), dtype=np.float32)
-    for i, cs in enumerate(class_lists):
-        for c in cs:
-            if c in col:
-                Y[i, col[c]] = 1
-    return Y
 
 
 def hub_truth(home: Home) -> tuple[dict[str, dict], list[str]]:
@@ -106,11 +97,11 @@ def calibration_scores(probs: np.ndarray, Y: np.ndarray, single: bool) -> dict[s
     }
 
 
-def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
-    rows: list[dict] = []
+class _Rows(list):
+    """The rows of `evaluation_rows`, added one metric at a time."""
 
-    def add(tree, method, metric, value, chance, n, split, stderr=None):
-        rows.append(
+    def add(self, tree, method, metric, value, chance, n, split, stderr=None) -> None:
+        self.append(
             {
                 "tree_id": tree,
                 "method": method,
@@ -123,271 +114,266 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
             }
         )
 
-    experts = read_table(home, "expert_results")
-    for r in experts.itertuples():
-        add(
-            r.tree_id,
-            r.method if r.objective == "classify" or r.method != "probex" else "probex-zeroshot",
-            r.metric,
-            r.value,
-            r.chance,
-            r.n_val,
-            "val",
-        )
-    manifest = json.loads(Path(manifest_path).read_text()) if manifest_path else None
-    if manifest is not None:
-        truth = {m["repo_id"]: m for m in manifest["models"]}
-        heldout = list(manifest.get("heldout_classes", []))
-        source = str(manifest_path)
-    else:
-        truth, heldout = hub_truth(home)
-        source = "hub labels of its evaluation splits"
-    if not truth:
-        df = frame(rows, "evaluation_rows")
-        write_table(home, "evaluation_rows", df)
-        refresh_views(home)
-        return StepReport(
-            summary={"ground_truth": "none", "rows": len(df)}, tables={"evaluations": df}
-        )
 
+@dataclass
+class _Truth:
+    """Ground truth: per repo its split and training classes (and tree and parent from a
+    manifest), the held-out classes, where it came from, and the manifest when there is one."""
+
+    models: dict[str, dict]
+    heldout: list[str]
+    source: str
+    manifest: dict | None
+
+    def classes(self, repo_id: str) -> list[str]:
+        return self.models.get(repo_id, {}).get("training_classes", [])
+
+    def split(self, repo_id: str) -> str | None:
+        return self.models.get(repo_id, {}).get("split")
+
+
+@dataclass
+class _TreeData:
+    """What scoring one tree's experts needs: its members' layer rows, its meta, its models'
+    stored text-space embeddings, and which members are test and holdout models."""
+
+    tree_id: str
+    meta: dict
+    ids: list[str]
+    X: torch.Tensor
+    emb: torch.Tensor
+    test: list[int]
+    hold: list[int]
+
+
+def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
+    """Every score against ground truth: the experts' validation rows, tree recovery and
+    routing (manifest only), each tree's classifiers and zero-shot expert on test and
+    held-out models, and text search over held-out class names."""
+    rows = _Rows()
+    _validation_rows(rows, read_table(home, "expert_results"))
+    truth = _load_truth(home, manifest_path)
+    if not truth.models:
+        return _finish(home, rows, {"ground_truth": "none"})
     summary = read_table(home, "tree_summary").set_index("tree_id")
-    scores = {}
-    if manifest is not None:
-        scores = score_recovery(
-            _recovery_from_tables(home),
-            {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.items()},
-        )
-        for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
-            add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
-        # per true tree, under the id of the recovered tree with the same root (the zoo's own
-        # name, e.g. "truth:mlp-a", only when no recovered tree has that root)
-        ours = {r: t for t, r in summary.root_repo.items()}
-        roots = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]}
-        for tt, s in scores["per_tree"].items():
-            tree = ours.get(roots.get(tt), f"truth:{tt}")
-            add(tree, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
-
-    routes = read_table(home, "routes").set_index("repo_id")
-    true_root = {t["tree_id"]: t["root_repo"] for t in manifest["trees"]} if manifest else {}
-    for split in ("test", *HOLDOUT) if manifest else ():
-        ids = [r for r, m in truth.items() if m["split"] == split and r in routes.index]
-        if ids:
-            ok = [
-                routes.at[r, "routed_tree"] is not None
-                and routes.at[r, "routed_tree"] in summary.index
-                and summary.at[routes.at[r, "routed_tree"], "root_repo"]
-                == true_root[truth[r]["tree_id"]]
-                for r in ids
-            ]
-            add("ALL", "router", "routing_accuracy", np.mean(ok), None, len(ids), split)
-
-    specs: set[str] = set()
-    all_emb, all_ids, all_calib = [], [], []
+    scores = _recovery_rows(rows, home, truth, summary) if truth.manifest else {}
+    if truth.manifest:
+        _routing_rows(rows, home, truth, summary)
     # the weight-language embeddings and search calibration `predict` stored: not recomputed
     stored = read_table(home, "model_embeddings").set_index("repo_id")
+    searched: list[tuple[_TreeData, np.ndarray]] = []
     for tree_id in sorted(summary.index):
-        try:
-            meta = load_meta(home, tree_id)
-        except FileNotFoundError:
+        tree = _tree_data(home, tree_id, truth, stored)
+        if tree is None:
             continue
-        if meta.get("skipped"):
-            continue
-        index = load_layer_index(home, tree_id)
-        ids = index["repo_ids"]
-        with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
-            X = stack.read(slice(0, len(stack)))
-        classes = meta["classes"]
-        _, lab_rows, Y_doc = tree_labels(home, ids)
-        train_rows = [
-            i for i in range(len(lab_rows)) if ids[lab_rows[i]] in set(meta["train_repos"])
-        ]
-        test = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") == "test"]
-        if test:
-            Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
-            chance = majority_chance(Y_doc[train_rows], torch.from_numpy(Yt))
-            for method, ckpt in meta["checkpoints"].items():
-                if method.startswith("zeroshot"):
-                    continue
-                model, _ = load_expert(home.expert_dir(tree_id) / ckpt)
-                probs = predict_proba(model, X[test]).numpy()
-                add(
-                    tree_id,
-                    method,
-                    "per_class_accuracy",
-                    per_class_accuracy(Yt, probs),
-                    chance,
-                    len(test),
-                    "test",
-                )
-                add(
-                    tree_id,
-                    method,
-                    "mean_average_precision",
-                    mean_average_precision(Yt, probs),
-                    None,
-                    len(test),
-                    "test",
-                )
-                add(tree_id, method, "set_f1", set_f1(Yt, probs > 0.5), None, len(test), "test")
-                if meta.get("single_label"):
-                    add(
-                        tree_id,
-                        method,
-                        "top1",
-                        topk_accuracy(probs, Yt, 1),
-                        1 / len(classes),
-                        len(test),
-                        "test",
-                    )
-            if "probex" in meta["checkpoints"]:
-                model, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["probex"])
-                single = bool(meta.get("single_label"))
-                for method, calibration in (
-                    ("probex", Calibration.from_meta(meta, "probex")),
-                    ("probex-uncalibrated", Calibration()),  # plain sigmoids, as before
-                ):
-                    for metric, value in calibration_scores(
-                        predict_proba(model, X[test], calibration=calibration).numpy(), Yt, single
-                    ).items():
-                        add(tree_id, method, metric, value, None, len(test), "test")
-                with torch.no_grad():
-                    reps = {"probex": model.encode(X).numpy(), "raw-weights": X.flatten(1).numpy()}
-                train_idx = [lab_rows[i] for i in train_rows]
-                for method, E in reps.items():
-                    for metric, value, chance_ in representation_scores(
-                        E[train_idx], Y_doc[train_rows].numpy(), E[test], Yt, chance
-                    ):
-                        add(tree_id, method, metric, value, chance_, len(test), "test")
+        _classifier_rows(rows, home, tree, truth)
+        _zero_shot_rows(rows, home, tree, truth)
+        calib = stored.loc[tree.ids][["logit_scale", "vocab_lse"]].to_numpy(np.float32).T
+        searched.append((tree, calib))
+    if searched and truth.heldout:
+        _search_rows(rows, home, searched, truth)
+    extra = {}
+    if scores:
+        extra = {
+            "tree_ari": round(scores["ari"], 4),
+            "edge_accuracy": round(scores["edge_accuracy"], 4),
+        }
+    return _finish(home, rows, {"ground_truth": truth.source, **extra})
 
-        spec = meta["encoder"]
-        specs.add(spec)
-        mine = stored.loc[ids]
-        emb = torch.from_numpy(np.stack(mine.embedding.to_numpy()).astype(np.float32))
-        all_emb.append(emb)
-        all_ids.extend(ids)
-        all_calib.append(mine[["logit_scale", "vocab_lse"]].to_numpy(np.float32).T)
-        if test:
-            T = text_encoder(home, spec).encode(class_prompts(classes))
-            s = (emb[test] @ F.normalize(T, dim=-1).T).numpy()
-            Yt = _multi_hot([truth[ids[i]]["training_classes"] for i in test], classes)
-            top1 = topk_accuracy(s, Yt, 1)
-            add(
-                tree_id,
-                "probex-zeroshot",
-                "zero_shot_top1",
-                top1,
-                Yt.sum(1).mean() / len(classes),
-                len(test),
-                "test",
-                _binomial_se(top1, len(test)),
-            )
-            auc, se, n_auc = ranking_auc(s, Yt)
-            if n_auc:
-                add(
-                    tree_id, "probex-zeroshot", "zero_shot_ranking_auc", auc, 0.5, n_auc, "test", se
-                )
-        hold = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") in HOLDOUT]
-        hold = [i for i in hold if set(truth[ids[i]]["training_classes"]) & set(heldout)]
-        variants = [m for m in meta["checkpoints"] if m.startswith("zeroshot-")]
-        for name in variants if len(variants) > 1 else []:  # the zero-shot heads compared
-            zs, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"][name])
-            with torch.no_grad():
-                v_emb = zs.text_embedding(X)
-            for split, rows_, names in (("test", test, classes), ("holdout", hold, heldout)):
-                if not rows_ or not names:
-                    continue
-                T = F.normalize(text_encoder(home, spec).encode(class_prompts(names)), dim=-1)
-                Yv = _multi_hot([truth[ids[i]]["training_classes"] for i in rows_], names)
-                auc, se, n_auc = ranking_auc((v_emb[rows_] @ T.T).numpy(), Yv)
-                metric = "zero_shot_ranking_auc" if split == "test" else "heldout_ranking_auc"
-                if n_auc:
-                    add(tree_id, f"probex-{name}", metric, auc, 0.5, n_auc, split, se)
-        if hold and heldout:
-            T = text_encoder(home, spec).encode(class_prompts(heldout))
-            s = (emb[hold] @ F.normalize(T, dim=-1).T).numpy()
-            Yh = _multi_hot([truth[ids[i]]["training_classes"] for i in hold], heldout)
-            n_pos = Yh.sum(1)
-            chance1 = float(topk_chance(n_pos, len(heldout), 1).mean())
-            top1 = topk_accuracy(s, Yh, 1)
-            add(
-                tree_id,
-                "probex-zeroshot",
-                "heldout_top1",
-                top1,
-                chance1,
-                len(hold),
-                "holdout",
-                _binomial_se(top1, len(hold)),
-            )
-            auc, se, n_auc = ranking_auc(s, Yh)
-            if n_auc:
-                add(
-                    tree_id,
-                    "probex-zeroshot",
-                    "heldout_ranking_auc",
-                    auc,
-                    0.5,
-                    n_auc,
-                    "holdout",
-                    se,
-                )
-            add(
-                tree_id,
-                "probex-zeroshot",
-                "heldout_top5",
-                topk_accuracy(s, Yh, 5),
-                float(topk_chance(n_pos, len(heldout), 5).mean()),
-                len(hold),
-                "holdout",
-            )
 
-    if all_emb and heldout:
-        E = torch.cat(all_emb)
-        spec = next(iter(specs))
-        T = F.normalize(text_encoder(home, spec).encode(class_prompts(heldout)), dim=-1)
-        cos = (T @ E.T).numpy()
-        calib = np.concatenate(all_calib, axis=1)
-        has = np.array(
-            [[c in truth.get(r, {}).get("training_classes", []) for r in all_ids] for c in heldout]
-        )
-        # "search": the calibrated score `probex search` ranks by; "search-cosine": raw cosine
-        for method, sims in (("search", calib[0] * cos - calib[1]), ("search-cosine", cos)):
-            top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
-            per_query = np.take_along_axis(has, top, axis=1).mean(axis=1)
-            add(
-                "ALL",
-                method,
-                "heldout_precision_at_10",
-                float(per_query.mean()),
-                float(has.mean()),
-                len(heldout),
-                "holdout",
-                float(per_query.std(ddof=1) / np.sqrt(len(per_query)))
-                if len(per_query) > 1
-                else None,
-            )
-
+def _finish(home: Home, rows: _Rows, summary: dict) -> StepReport:
     df = frame(rows, "evaluation_rows")
     write_table(home, "evaluation_rows", df)
     refresh_views(home)
-    return StepReport(
-        summary={
-            "ground_truth": source,
-            "rows": len(df),
-            **(
-                {
-                    "tree_ari": round(scores["ari"], 4),
-                    "edge_accuracy": round(scores["edge_accuracy"], 4),
-                }
-                if scores
-                else {}
-            ),
-        },
-        tables={"evaluations": df},
-        plots={"test accuracy per tree and method": _plot(df)}
-        if (df.split == "test").any()
-        else {},
+    plots = {"test accuracy per tree and method": _plot(df)} if (df.split == "test").any() else {}
+    return StepReport(summary={**summary, "rows": len(df)}, tables={"evaluations": df}, plots=plots)
+
+
+def _validation_rows(rows: _Rows, experts) -> None:
+    """What each expert scored on validation when it was trained (`expert_results`)."""
+    for r in experts.itertuples():
+        method = (
+            r.method if r.objective == "classify" or r.method != "probex" else "probex-zeroshot"
+        )
+        rows.add(r.tree_id, method, r.metric, r.value, r.chance, r.n_val, "val")
+
+
+def _load_truth(home: Home, manifest_path: Path | None) -> _Truth:
+    """A zoo's manifest when there is one, else the labels the hub declares (`hub_truth`)."""
+    if manifest_path:
+        manifest = json.loads(Path(manifest_path).read_text())
+        models = {m["repo_id"]: m for m in manifest["models"]}
+        heldout = list(manifest.get("heldout_classes", []))
+        return _Truth(models, heldout, str(manifest_path), manifest)
+    models, heldout = hub_truth(home)
+    return _Truth(models, heldout, "hub labels of its evaluation splits", None)
+
+
+def _recovery_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> dict:
+    """Tree recovery against the manifest, hub-wide and per true tree (under the id of the
+    recovered tree with the same root; the zoo's own name, e.g. "truth:mlp-a", only when no
+    recovered tree has that root)."""
+    scores = score_recovery(
+        _recovery_from_tables(home),
+        {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.models.items()},
     )
+    for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
+        rows.add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
+    ours = {r: t for t, r in summary.root_repo.items()}
+    roots = {t["tree_id"]: t["root_repo"] for t in truth.manifest["trees"]}
+    for tt, s in scores["per_tree"].items():
+        tree = ours.get(roots.get(tt), f"truth:{tt}")
+        rows.add(tree, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
+    return scores
+
+
+def _routing_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> None:
+    """Per evaluation split, the share of models routed to the tree with their true root."""
+    routes = read_table(home, "routes").set_index("repo_id")
+    true_root = {t["tree_id"]: t["root_repo"] for t in truth.manifest["trees"]}
+    for split in ("test", *HOLDOUT):
+        ids = [r for r, m in truth.models.items() if m["split"] == split and r in routes.index]
+        if not ids:
+            continue
+        ok = [
+            routes.at[r, "routed_tree"] is not None
+            and routes.at[r, "routed_tree"] in summary.index
+            and summary.at[routes.at[r, "routed_tree"], "root_repo"]
+            == true_root[truth.models[r]["tree_id"]]
+            for r in ids
+        ]
+        rows.add("ALL", "router", "routing_accuracy", np.mean(ok), None, len(ids), split)
+
+
+def _tree_data(home: Home, tree_id: str, truth: _Truth, stored) -> _TreeData | None:
+    """A tree with trained experts, read for scoring; None for a tree without them."""
+    try:
+        meta = load_meta(home, tree_id)
+    except FileNotFoundError:
+        return None
+    if meta.get("skipped"):
+        return None
+    ids = load_layer_index(home, tree_id)["repo_ids"]
+    with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
+        X = stack.read(slice(0, len(stack)))
+    emb = torch.from_numpy(np.stack(stored.loc[ids].embedding.to_numpy()).astype(np.float32))
+    test = [i for i, r in enumerate(ids) if truth.split(r) == "test"]
+    held = set(truth.heldout)
+    hold = [
+        i for i, r in enumerate(ids) if truth.split(r) in HOLDOUT and set(truth.classes(r)) & held
+    ]
+    return _TreeData(tree_id, meta, ids, X, emb, test, hold)
+
+
+def _classifier_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> None:
+    """Every classifier checkpoint on the test models (per-class accuracy against the
+    majority guess, mAP, set F1, top-1 for one-class trees); ProbeX's calibration; and what
+    its representation (and the raw weights) support downstream."""
+    if not tree.test:
+        return
+    meta, test, classes = tree.meta, tree.test, tree.meta["classes"]
+    _, lab_rows, Y_doc = tree_labels(home, tree.ids)
+    train_repos = set(meta["train_repos"])
+    train_rows = [i for i in range(len(lab_rows)) if tree.ids[lab_rows[i]] in train_repos]
+    Yt = multi_hot([truth.classes(tree.ids[i]) for i in test], classes).numpy()
+    chance = majority_chance(Y_doc[train_rows], torch.from_numpy(Yt))
+    n = len(test)
+    for method, ckpt in meta["checkpoints"].items():
+        if method.startswith("zeroshot"):
+            continue
+        model, _ = load_expert(home.expert_dir(tree.tree_id) / ckpt)
+        probs = predict_proba(model, tree.X[test]).numpy()
+        rows.add(tree.tree_id, method, "per_class_accuracy", per_class_accuracy(Yt, probs),
+                 chance, n, "test")  # fmt: skip
+        rows.add(tree.tree_id, method, "mean_average_precision",
+                 mean_average_precision(Yt, probs), None, n, "test")  # fmt: skip
+        rows.add(tree.tree_id, method, "set_f1", set_f1(Yt, probs > 0.5), None, n, "test")
+        if meta.get("single_label"):
+            rows.add(tree.tree_id, method, "top1", topk_accuracy(probs, Yt, 1),
+                     1 / len(classes), n, "test")  # fmt: skip
+    if "probex" not in meta["checkpoints"]:
+        return
+    model, _ = load_expert(home.expert_dir(tree.tree_id) / meta["checkpoints"]["probex"])
+    single = bool(meta.get("single_label"))
+    for method, calibration in (
+        ("probex", Calibration.from_meta(meta, "probex")),
+        ("probex-uncalibrated", Calibration()),  # plain sigmoids, as before
+    ):
+        probs = predict_proba(model, tree.X[test], calibration=calibration).numpy()
+        for metric, value in calibration_scores(probs, Yt, single).items():
+            rows.add(tree.tree_id, method, metric, value, None, n, "test")
+    with torch.no_grad():
+        reps = {"probex": model.encode(tree.X).numpy(), "raw-weights": tree.X.flatten(1).numpy()}
+    train_idx = [lab_rows[i] for i in train_rows]
+    for method, E in reps.items():
+        for metric, value, chance_ in representation_scores(
+            E[train_idx], Y_doc[train_rows].numpy(), E[test], Yt, chance
+        ):
+            rows.add(tree.tree_id, method, metric, value, chance_, n, "test")
+
+
+def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> None:
+    """The zero-shot expert on test models (the tree's classes) and on holdout models (the
+    held-out classes, never trained on); each zero-shot head compared where a tree has two."""
+    meta, classes, spec, t = tree.meta, tree.meta["classes"], tree.meta["encoder"], tree.tree_id
+    encoder = text_encoder(home, spec)
+    if tree.test:
+        s = cosine_scores(tree.emb[tree.test], encoder.encode(class_prompts(classes))).numpy()
+        Yt = multi_hot([truth.classes(tree.ids[i]) for i in tree.test], classes).numpy()
+        top1 = topk_accuracy(s, Yt, 1)
+        rows.add(t, "probex-zeroshot", "zero_shot_top1", top1, Yt.sum(1).mean() / len(classes),
+                 len(tree.test), "test", _binomial_se(top1, len(tree.test)))  # fmt: skip
+        auc, se, n_auc = ranking_auc(s, Yt)
+        if n_auc:
+            rows.add(t, "probex-zeroshot", "zero_shot_ranking_auc", auc, 0.5, n_auc, "test", se)
+    variants = [m for m in meta["checkpoints"] if m.startswith("zeroshot-")]
+    for name in variants if len(variants) > 1 else []:  # the zero-shot heads compared
+        zs, _ = load_expert(home.expert_dir(t) / meta["checkpoints"][name])
+        with torch.no_grad():
+            v_emb = zs.text_embedding(tree.X)
+        for split, idx, names in (("test", tree.test, classes), ("holdout", tree.hold,
+                                                                  truth.heldout)):  # fmt: skip
+            if not idx or not names:
+                continue
+            s = cosine_scores(v_emb[idx], encoder.encode(class_prompts(names))).numpy()
+            Yv = multi_hot([truth.classes(tree.ids[i]) for i in idx], names).numpy()
+            auc, se, n_auc = ranking_auc(s, Yv)
+            metric = "zero_shot_ranking_auc" if split == "test" else "heldout_ranking_auc"
+            if n_auc:
+                rows.add(t, f"probex-{name}", metric, auc, 0.5, n_auc, split, se)
+    if not (tree.hold and truth.heldout):
+        return
+    held, n = truth.heldout, len(tree.hold)
+    s = cosine_scores(tree.emb[tree.hold], encoder.encode(class_prompts(held))).numpy()
+    Yh = multi_hot([truth.classes(tree.ids[i]) for i in tree.hold], held).numpy()
+    n_pos = Yh.sum(1)
+    top1 = topk_accuracy(s, Yh, 1)
+    rows.add(t, "probex-zeroshot", "heldout_top1", top1,
+             float(topk_chance(n_pos, len(held), 1).mean()), n, "holdout",
+             _binomial_se(top1, n))  # fmt: skip
+    auc, se, n_auc = ranking_auc(s, Yh)
+    if n_auc:
+        rows.add(t, "probex-zeroshot", "heldout_ranking_auc", auc, 0.5, n_auc, "holdout", se)
+    rows.add(t, "probex-zeroshot", "heldout_top5", topk_accuracy(s, Yh, 5),
+             float(topk_chance(n_pos, len(held), 5).mean()), n, "holdout")  # fmt: skip
+
+
+def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None:
+    """Text search over every tree's models for each held-out class name: precision@10 of
+    the calibrated score `probex search` ranks by, and of raw cosine."""
+    E = torch.cat([tree.emb for tree, _ in searched])
+    ids = [r for tree, _ in searched for r in tree.ids]
+    calib = np.concatenate([c for _, c in searched], axis=1)
+    spec = searched[0][0].meta["encoder"]
+    texts = text_encoder(home, spec).encode(class_prompts(truth.heldout))
+    cos = cosine_scores(E, texts).numpy().T
+    has = np.array([[c in truth.classes(r) for r in ids] for c in truth.heldout])
+    for method, sims in (("search", calib[0] * cos - calib[1]), ("search-cosine", cos)):
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+        per_query = np.take_along_axis(has, top, axis=1).mean(axis=1)
+        se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else None
+        rows.add("ALL", method, "heldout_precision_at_10", float(per_query.mean()),
+                 float(has.mean()), len(truth.heldout), "holdout", se)  # fmt: skip
 
 
 def _binomial_se(p: float, n: int) -> float:

@@ -41,7 +41,7 @@ from probex_core.train import (
     train_expert,
     warm_start_probex,
 )
-from probex_core.zeroshot import ZeroShotConfig, class_lists, train_zero_shot_expert
+from probex_core.zeroshot import ZeroShotConfig, class_lists, multi_hot, train_zero_shot_expert
 
 BASELINES = ("statnn", "dense")
 
@@ -97,11 +97,7 @@ def tree_labels(home: Home, repo_ids: list[str]) -> tuple[list[str], list[int], 
         if is_list(classes) and len(classes) and not bool(members.at[rid, "is_root"]):
             labelled.append((i, list(classes)))
     classes = sorted({c for _, cs in labelled for c in cs})
-    col = {c: j for j, c in enumerate(classes)}
-    Y = torch.zeros(len(labelled), len(classes))
-    for row, (_, cs) in enumerate(labelled):
-        Y[row, [col[c] for c in cs]] = 1.0
-    return classes, [i for i, _ in labelled], Y
+    return classes, [i for i, _ in labelled], multi_hot([cs for _, cs in labelled], classes)
 
 
 def is_list(value) -> bool:

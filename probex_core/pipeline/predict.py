@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.digest import digest
@@ -14,6 +13,7 @@ from probex_core.pipeline.layers import load_layer_index
 from probex_core.schemas import frame
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
+from probex_core.zeroshot import cosine_scores
 
 
 def text_space(model, X: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def search_calibration(zs, emb: np.ndarray, class_texts: torch.Tensor) -> tuple[
     """(logit scale s, per-model log Σ_c exp(s · cos(e, t_c))) over the tree's class texts:
     the offset that turns s · cosine into log-odds against what the tree knows."""
     s = float(zs.zero_shot.log_scale.detach().exp())
-    cos = torch.from_numpy(emb) @ F.normalize(class_texts.float(), dim=-1).T
+    cos = cosine_scores(torch.from_numpy(emb), class_texts)
     return s, torch.logsumexp(s * cos, dim=1).numpy()
 
 

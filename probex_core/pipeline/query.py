@@ -26,6 +26,7 @@ from probex_core.pipeline.predict import text_space
 from probex_core.pipeline.recover import weight_records
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
+from probex_core.zeroshot import cosine_scores
 
 
 def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
@@ -157,7 +158,7 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
         {c for cs in read_table(home, "repos").training_classes if is_list(cs) for c in cs}
     )
     T = text_encoder(home, meta["encoder"]).encode(class_prompts(vocab))
-    sims = (text_space(zs, X) @ torch.nn.functional.normalize(T, dim=-1).T)[0]
+    sims = cosine_scores(text_space(zs, X), T)[0]
     order = torch.argsort(sims, descending=True)[:top]
     pred.labels = [(vocab[i], float(sims[i])) for i in order]
     return pred
