@@ -8,6 +8,7 @@ from assets.layers import tree_layers
 from assets.partitions import TREES
 from assets.resources import ProbexHome
 from probex_core import pipeline
+from probex_core.store import TreeExperts
 
 
 class ExpertTraining(dg.Config):
@@ -92,7 +93,7 @@ def tree_experts_gate(
 def tree_experts_trained(
     context: dg.AssetCheckExecutionContext, probex_home: ProbexHome
 ) -> dg.AssetCheckResult:
-    reason = pipeline.load_meta(probex_home.get(), context.partition_key).get("skipped")
+    reason = TreeExperts(probex_home.get(), context.partition_key).meta().skipped
     return dg.AssetCheckResult(
         passed=not reason,
         severity=dg.AssetCheckSeverity.WARN,

@@ -27,6 +27,7 @@ from probex_core.env import default_zoo_hub, zoo_dir
 from probex_core.errors import UserError
 from probex_core.files import atomic_write_bytes, atomic_write_json
 from probex_core.hub import describe_hub, make_source
+from probex_core.store import TreeExperts
 
 
 def dagster_home(home: Home) -> Path:
@@ -147,18 +148,18 @@ def tree_names(home: Home) -> dict[str, str]:
 def expert_line(home: Home, tree: str) -> str:
     """What one tree's build gave: its experts' layer and validation score, or why none."""
     try:
-        meta = pipeline.load_meta(home, tree)
+        meta = TreeExperts(home, tree).meta()
     except FileNotFoundError:
         return "no experts were written (see the checks below)"
-    if meta.get("skipped"):
-        return f"no expert: {meta['skipped']}"
+    if meta.skipped:
+        return f"no expert: {meta.skipped}"
     res = read_table(home, "expert_results")
-    metric = "val_top1" if meta.get("single_label") else "val_per_class_accuracy"
+    metric = "val_top1" if meta.single_label else "val_per_class_accuracy"
     row = res[(res.tree_id == tree) & (res.method == "probex") & (res.metric == metric)]
     if row.empty:
-        return f"experts on layer {meta['layer']}"
+        return f"experts on layer {meta.layer}"
     score = f"ProbeX {metric[4:]} {row.value.iloc[0]:.3f} (chance {row.chance.iloc[0]:.3f})"
-    return f"experts on layer {meta['layer']}: {score}"
+    return f"experts on layer {meta.layer}: {score}"
 
 
 def split_report(home: Home) -> list[str]:

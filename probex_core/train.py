@@ -1,32 +1,27 @@
-"""Training experts: seeded loops with best-validation checkpointing, the layer store, sweeps.
+"""Training experts: seeded loops with best-validation checkpointing, calibration, sweeps.
 
-Data comes as a `TensorData` (in memory) or a `StackData` (streamed from a layer stack file
-written by `write_layer_stack`); both yield (X (B, d_H, d_W), Y (B, d_Y)) batches, and in-memory
-data gives a model that reads layers in place (ProbeX) `LayerRows` instead of a copy. Checkpoints
-and layer stacks are safetensors files with JSON metadata, written atomically.
+Data comes as a `TensorData` (in memory) or a `StackData` (streamed from a layer stack file,
+`probex_core.store`); both yield (X (B, d_H, d_W), Y (B, d_Y)) batches, and in-memory data
+gives a model that reads layers in place (ProbeX) `LayerRows` instead of a copy. Checkpoints
+and layer stacks are written and read by `probex_core.store`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from probex_core.files import atomic_path
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, WeightModel, build_model
+from probex_core.store import LayerStack
 
 
 @dataclass(frozen=True)
@@ -124,108 +119,6 @@ class TensorData:
 
     def head(self, n: int) -> torch.Tensor:
         return self.X[:n]
-
-
-def write_layer_stack(
-    path: str | Path, repo_ids: Sequence[str], X: torch.Tensor | Iterable[torch.Tensor]
-) -> Path:
-    """Write one layer of many models as a safetensors file: tensor "X" (N, d_H, d_W) float32,
-    metadata "repo_ids" (JSON list, row order). `X` may be one tensor or an iterable of
-    (n_i, d_H, d_W) chunks, which are streamed to disk (the header is built from the first
-    chunk's shape and N = len(repo_ids)). The file appears atomically (temp + os.replace).
-    """
-    path = Path(path)
-    ids = list(repo_ids)
-    with atomic_path(path) as tmp:
-        if isinstance(X, torch.Tensor):
-            if len(X) != len(ids):
-                raise ValueError(f"{len(ids)} repo_ids for {len(X)} matrices")
-            save_file(
-                {"X": X.detach().float().contiguous()}, tmp, metadata={"repo_ids": json.dumps(ids)}
-            )
-        else:
-            with open(tmp, "wb") as f:
-                _stream_stack(f, ids, iter(X))
-    return path
-
-
-def _stream_stack(f: Any, ids: list[str], chunks: Iterator[torch.Tensor]) -> None:
-    """Hand-written safetensors: 8-byte little-endian header size, JSON header, raw bytes."""
-    first = next(chunks, None)
-    if first is None:
-        raise ValueError("no chunks to write")
-    d_H, d_W = first.shape[1:]
-    n = len(ids)
-    header = {
-        "__metadata__": {"repo_ids": json.dumps(ids)},
-        "X": {"dtype": "F32", "shape": [n, d_H, d_W], "data_offsets": [0, 4 * n * d_H * d_W]},
-    }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    written = 0
-    for chunk in (first, *chunks):
-        if tuple(chunk.shape[1:]) != (d_H, d_W):
-            raise ValueError(f"chunk shape {tuple(chunk.shape)} differs from {(d_H, d_W)}")
-        f.write(chunk.detach().float().contiguous().numpy().astype("<f4").tobytes())
-        written += len(chunk)
-    if written != n:
-        raise ValueError(f"wrote {written} matrices for {n} repo_ids")
-
-
-class LayerStack:
-    """A read handle on a layer stack file; reads rows lazily through safe_open.get_slice."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._f = safe_open(str(self.path), framework="pt")
-        self._slice = self._f.get_slice("X")
-        self.repo_ids: list[str] = json.loads(self._f.metadata()["repo_ids"])
-        self.shape: tuple[int, int, int] = tuple(self._slice.get_shape())  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def read(
-        self, indices: int | slice | Sequence[int] | np.ndarray | torch.Tensor
-    ) -> torch.Tensor:
-        """Rows by position; contiguous runs of sorted indices are read as one slice each."""
-        if isinstance(indices, slice):
-            return self._slice[indices]
-        if isinstance(indices, int):
-            return self._slice[indices : indices + 1][0]
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(idx) == 0:
-            return torch.empty(0, *self.shape[1:])
-        order = np.argsort(idx, kind="stable")
-        s = idx[order]
-        out = torch.empty(len(idx), *self.shape[1:])
-        start = 0
-        for end in range(1, len(s) + 1):
-            if end == len(s) or s[end] != s[end - 1] + 1:
-                out[torch.from_numpy(order[start:end])] = self._slice[
-                    int(s[start]) : int(s[end - 1]) + 1
-                ]
-                start = end
-        return out
-
-    def iter_chunks(self, chunk_size: int = 256) -> Iterator[torch.Tensor]:
-        for s in range(0, len(self), chunk_size):
-            yield self._slice[s : s + chunk_size]
-
-    def close(self) -> None:
-        self._slice = None
-        self._f = None
-
-    def __enter__(self) -> LayerStack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_layer_stack(path: str | Path) -> LayerStack:
-    return LayerStack(path)
 
 
 @dataclass
@@ -418,9 +311,9 @@ class Calibration:
         return torch.softmax(z, dim=-1) if self.softmax else torch.sigmoid(z)
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any], method: str) -> Calibration:
-        """The calibration an expert's meta.json records for `method` (none: identity)."""
-        entry = (meta.get("calibration") or {}).get(method)
+    def from_meta(cls, meta: Any, method: str) -> Calibration:
+        """The calibration a tree's `ExpertMeta` records for `method` (none: identity)."""
+        entry = meta.calibration.get(method)
         return cls(**entry) if entry else cls()
 
 
@@ -483,35 +376,6 @@ def zero_shot_scores(
     """Cosine logits (N, C) against C candidate class texts (C, text_dim)."""
     model.eval()
     return _map_batches(lambda X: model.zero_shot_logits(X, texts), data, batch_size)
-
-
-def save_expert(
-    path: str | Path, model: WeightModel, meta: Mapping[str, Any] | None = None
-) -> Path:
-    """Weights as safetensors; metadata "probex_config" (build_model arguments) and
-    "probex_meta" (caller's JSON-able dict). Written atomically; no pickle."""
-    path = Path(path)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": "pt",
-        "probex_config": json.dumps(model.config),
-        "probex_meta": json.dumps(dict(meta or {})),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
-    return path
-
-
-def load_expert(path: str | Path) -> tuple[WeightModel, dict[str, Any]]:
-    """Rebuild the model from its stored config and load its weights (eval mode)."""
-    with safe_open(str(path), framework="pt") as f:
-        md = f.metadata()
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    config = json.loads(md["probex_config"])
-    model = build_model(**config)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model, json.loads(md.get("probex_meta", "{}"))
 
 
 @dataclass

@@ -94,10 +94,10 @@ def test_predict_an_adapter_without_the_experts_layer_says_so(on_built, capsys, 
     routed to its tree by the layer it has, then told which layer it lacks."""
     from safetensors import safe_open
 
-    from probex_core.pipeline import load_meta
+    from probex_core.store import TreeExperts
 
     tree = query(on_built, "SELECT tree_id FROM trees WHERE kind = 'lora'").tree_id.iloc[0]
-    layer = load_meta(on_built, tree)["layer"]
+    layer = TreeExperts(on_built, tree).meta().layer
     repo = query(
         on_built,
         "SELECT repo_id FROM models WHERE tree_id = ? AND kind = 'lora' AND NOT documented "

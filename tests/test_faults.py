@@ -13,7 +13,8 @@ from pathlib import Path
 
 from probex_core import pipeline
 from probex_core.catalog import Home, query, read_table
-from probex_core.pipeline.layers import load_layer_index, verify_layers
+from probex_core.pipeline.layers import verify_layers
+from probex_core.store import TreeLayers
 from tests.conftest import SHORT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,6 @@ def test_a_run_killed_while_training_experts_is_completed_by_a_rerun(tiny_hub_co
         meta = json.loads((h.expert_dir(tree) / "meta.json").read_text())
         assert meta["version"] == plan.wanted[tree]
         if not meta.get("skipped"):
-            assert set(load_layer_index(h, tree)["repo_ids"]) <= predicted, tree
+            assert set(TreeLayers(h, tree).index()["repo_ids"]) <= predicted, tree
     members = read_table(h, "tree_members")
     assert len(members) == len(read_table(h, "repos"))

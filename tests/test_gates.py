@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from probex_core import pipeline
 from probex_core.catalog import Home, read_table, write_table
 from probex_core.hub import make_source
+from probex_core.store import TreeExperts
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def _trained_tree(home: Home) -> str:
     return next(
         t
         for t in sorted(pipeline.stale_trees(home).wanted)
-        if not pipeline.load_meta(home, t).get("skipped")
+        if not TreeExperts(home, t).meta().skipped
     )
 
 
@@ -100,8 +101,8 @@ def test_the_expert_gate_refuses_an_expert_at_chance_or_with_non_finite_weights(
     assert problems and all("is not above chance" in p for p in problems), problems
 
     write_table(home_copy, "expert_results", res[res.tree_id == tree], part=tree)
-    meta = pipeline.load_meta(home_copy, tree)
-    path = home_copy.expert_dir(tree) / meta["checkpoints"]["dense"]
+    experts = TreeExperts(home_copy, tree)
+    path = experts.dir / experts.meta().checkpoints["dense"]
     with open(path, "rb") as f:
         import struct
 
@@ -123,7 +124,7 @@ def test_a_failing_blocking_check_stops_what_depends_on_it(home_copy, monkeypatc
 
     tree = _trained_tree(home_copy)
     monkeypatch.setattr(pipeline, "verify_layers", lambda home, tree: ["fc2: planted fault"])
-    before = pipeline.load_meta(home_copy, tree)
+    before = TreeExperts(home_copy, tree).meta()
     shutil.rmtree(home_copy.expert_dir(tree))
     from assets.experts import tree_experts
     from assets.layers import tree_layers
@@ -144,7 +145,7 @@ def test_a_failing_blocking_check_stops_what_depends_on_it(home_copy, monkeypatc
     assert checks == {"tree_layers_complete": False}
     done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert "tree_layers" in done and "tree_experts" not in done
-    assert not (home_copy.expert_dir(tree) / "meta.json").exists() and before["layer"]
+    assert not TreeExperts(home_copy, tree).exists() and before.layer
 
 
 def test_a_training_curve_is_short_enough_for_the_ui_to_show_inline():

@@ -253,7 +253,8 @@ def test_a_nan_layer_found_at_extraction_drops_only_that_member(tiny_hub_copy, t
     from probex_core import pipeline
     from probex_core.catalog import read_table
     from probex_core.hub import make_source
-    from probex_core.pipeline.layers import candidate_layers, load_layer_index, verify_layers
+    from probex_core.pipeline.layers import candidate_layers, verify_layers
+    from probex_core.store import TreeLayers
 
     hub = tmp_path / "hub"
     shutil.copytree(tiny_hub_copy / "hub", hub)
@@ -283,6 +284,6 @@ def test_a_nan_layer_found_at_extraction_drops_only_that_member(tiny_hub_copy, t
         (repo_id, "layers", "model.safetensors")
     ]
     assert f"layer {layer!r} has 3 NaN" in rej.reason.iloc[0]
-    ids = load_layer_index(home, tree_id)["repo_ids"]
+    ids = TreeLayers(home, tree_id).index()["repo_ids"]
     assert repo_id not in ids and len(ids) == (members.tree_id == tree_id).sum() - 1
     assert verify_layers(home, tree_id) == []

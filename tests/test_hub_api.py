@@ -482,8 +482,7 @@ def test_the_pipeline_reads_a_hub_api_as_it_reads_the_same_files_on_disk(
     from probex_core import pipeline
     from probex_core.catalog import Home, read_table
     from probex_core.hub import make_source
-    from probex_core.pipeline.layers import load_layer_index
-    from probex_core.train import open_layer_stack
+    from probex_core.store import TreeLayers
 
     manifest = json.loads((tiny_zoo / "manifest.json").read_text())
     for m in manifest["models"]:
@@ -503,11 +502,9 @@ def test_the_pipeline_reads_a_hub_api_as_it_reads_the_same_files_on_disk(
         home, tree = homes[name]
         members = read_table(home, "tree_members").sort_values("repo_id")
         rejected = read_table(home, "rejected").sort_values("repo_id")
-        index = load_layer_index(home, tree)
-        with open_layer_stack(
-            home.layer_dir(tree) / f"{next(iter(index['layers']))}.safetensors"
-        ) as st:
-            X = st.read(slice(0, len(st)))
+        layers = TreeLayers(home, tree)
+        index = layers.index()
+        X = layers.read(next(iter(index["layers"])))
         return (
             members[["repo_id", "tree_id", "parent"]].values.tolist(),
             rejected[["repo_id", "path"]].values.tolist(),

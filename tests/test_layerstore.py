@@ -11,14 +11,8 @@ import torch
 from safetensors import safe_open
 
 from probex_core.models import build_model
-from probex_core.train import (
-    StackData,
-    TensorData,
-    TrainConfig,
-    open_layer_stack,
-    train_expert,
-    write_layer_stack,
-)
+from probex_core.store import open_layer_stack, write_layer_stack
+from probex_core.train import StackData, TensorData, TrainConfig, train_expert
 
 torch.set_num_threads(1)
 

@@ -157,8 +157,8 @@ def test_weight_to_text_head_embeds_models_in_the_text_space():
 
 def test_weight_to_text_head_round_trips(tmp_path):
     from probex_core.models import build_model as _build
-    from probex_core.train import load_expert as _load
-    from probex_core.train import save_expert as _save
+    from probex_core.store import load_expert as _load
+    from probex_core.store import save_expert as _save
 
     model = _build(
         "probex", 6, 5, 0, text_dim=7, r_U=3, r_V=4, r_T=8, zs_direction="weight_to_text"

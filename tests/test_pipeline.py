@@ -87,24 +87,23 @@ def test_shuffled_labels_leave_the_largest_tree_expert_at_chance(built, tiny_hub
     from probex_core.metrics import per_class_accuracy
     from probex_core.models import build_model
     from probex_core.pipeline.common import ExpertSettings
-    from probex_core.pipeline.experts import load_meta, majority_chance
-    from probex_core.pipeline.layers import load_layer_index
-    from probex_core.train import TensorData, open_layer_stack, predict_proba, train_expert
+    from probex_core.pipeline.experts import majority_chance
+    from probex_core.store import TreeExperts, TreeLayers
+    from probex_core.train import TensorData, predict_proba, train_expert
 
     home, _ = built
     tree, manifest = _largest_multiclass_tree(home, tiny_hub_copy)
-    meta, index = load_meta(home, tree), load_layer_index(home, tree)
+    layers = TreeLayers(home, tree)
+    meta, index = TreeExperts(home, tree).meta(), layers.index()
     truth = {m["repo_id"]: m for m in manifest["models"]}
-    classes = meta["classes"]
+    classes = meta.classes
 
     def split(ids: list[str]) -> TensorData:
-        rows = [index["repo_ids"].index(r) for r in ids]
-        with open_layer_stack(home.layer_dir(tree) / f"{meta['layer']}.safetensors") as st:
-            X = st.read(rows)
+        X = layers.read(meta.layer, [index["repo_ids"].index(r) for r in ids])
         Y = torch.tensor([[c in truth[r]["training_classes"] for c in classes] for r in ids])
         return TensorData(X, Y.float())
 
-    train, val = split(meta["train_repos"]), split(meta["val_repos"])
+    train, val = split(meta.train_repos), split(meta.val_repos)
     test = split(sorted(r for r in index["repo_ids"] if truth[r]["split"] == "test"))
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     settings = ExpertSettings(**FAST)

@@ -10,6 +10,7 @@ import torch
 
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, build_model
+from probex_core.store import load_expert, save_expert
 from probex_core.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.train import (
     TensorData,
@@ -17,9 +18,7 @@ from probex_core.train import (
     embed,
     fit_ridge,
     layer_sweep,
-    load_expert,
     predict_proba,
-    save_expert,
     train_expert,
     train_shared_baseline,
     warm_start_probex,

@@ -12,7 +12,7 @@ from probex_core.pipeline.crawl import (
     load_records,
 )
 from probex_core.pipeline.evaluate import evaluate
-from probex_core.pipeline.experts import load_meta, train_experts, verify_experts
+from probex_core.pipeline.experts import train_experts, verify_experts
 from probex_core.pipeline.layers import extract_layers, verify_layers
 from probex_core.pipeline.predict import predict
 from probex_core.pipeline.recover import recover
@@ -27,7 +27,6 @@ __all__ = [
     "crawled_listing",
     "evaluate",
     "extract_layers",
-    "load_meta",
     "load_records",
     "predict",
     "recover",

@@ -33,15 +33,14 @@ from probex_core.metrics import (
 from probex_core.pipeline.common import StepReport, png
 from probex_core.pipeline.experts import (
     is_list,
-    load_meta,
     majority_chance,
     text_encoder,
     tree_labels,
 )
-from probex_core.pipeline.layers import load_layer_index
 from probex_core.schemas import frame
+from probex_core.store import ExpertMeta, TreeExperts, TreeLayers
 from probex_core.text import class_prompts
-from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, predict_proba
 from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
 from probex_core.zeroshot import cosine_scores, multi_hot
 
@@ -138,7 +137,7 @@ class _TreeData:
     stored text-space embeddings, and which members are test and holdout models."""
 
     tree_id: str
-    meta: dict
+    meta: ExpertMeta
     ids: list[str]
     X: torch.Tensor
     emb: torch.Tensor
@@ -247,15 +246,15 @@ def _routing_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> None:
 
 def _tree_data(home: Home, tree_id: str, truth: _Truth, stored) -> _TreeData | None:
     """A tree with trained experts, read for scoring; None for a tree without them."""
-    try:
-        meta = load_meta(home, tree_id)
-    except FileNotFoundError:
+    experts = TreeExperts(home, tree_id)
+    if not experts.exists():
         return None
-    if meta.get("skipped"):
+    meta = experts.meta()
+    if meta.skipped:
         return None
-    ids = load_layer_index(home, tree_id)["repo_ids"]
-    with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
-        X = stack.read(slice(0, len(stack)))
+    layers = TreeLayers(home, tree_id)
+    ids = layers.index()["repo_ids"]
+    X = layers.read(meta.layer)
     emb = torch.from_numpy(np.stack(stored.loc[ids].embedding.to_numpy()).astype(np.float32))
     test = [i for i, r in enumerate(ids) if truth.split(r) == "test"]
     held = set(truth.heldout)
@@ -271,30 +270,31 @@ def _classifier_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) ->
     its representation (and the raw weights) support downstream."""
     if not tree.test:
         return
-    meta, test, classes = tree.meta, tree.test, tree.meta["classes"]
+    meta, test, classes = tree.meta, tree.test, list(tree.meta.classes)
     _, lab_rows, Y_doc = tree_labels(home, tree.ids)
-    train_repos = set(meta["train_repos"])
+    train_repos = set(meta.train_repos)
     train_rows = [i for i in range(len(lab_rows)) if tree.ids[lab_rows[i]] in train_repos]
     Yt = multi_hot([truth.classes(tree.ids[i]) for i in test], classes).numpy()
     chance = majority_chance(Y_doc[train_rows], torch.from_numpy(Yt))
     n = len(test)
-    for method, ckpt in meta["checkpoints"].items():
+    experts = TreeExperts(home, tree.tree_id)
+    for method in meta.checkpoints:
         if method.startswith("zeroshot"):
             continue
-        model, _ = load_expert(home.expert_dir(tree.tree_id) / ckpt)
+        model, _ = experts.load(method, meta)
         probs = predict_proba(model, tree.X[test]).numpy()
         rows.add(tree.tree_id, method, "per_class_accuracy", per_class_accuracy(Yt, probs),
                  chance, n, "test")  # fmt: skip
         rows.add(tree.tree_id, method, "mean_average_precision",
                  mean_average_precision(Yt, probs), None, n, "test")  # fmt: skip
         rows.add(tree.tree_id, method, "set_f1", set_f1(Yt, probs > 0.5), None, n, "test")
-        if meta.get("single_label"):
+        if meta.single_label:
             rows.add(tree.tree_id, method, "top1", topk_accuracy(probs, Yt, 1),
                      1 / len(classes), n, "test")  # fmt: skip
-    if "probex" not in meta["checkpoints"]:
+    if "probex" not in meta.checkpoints:
         return
-    model, _ = load_expert(home.expert_dir(tree.tree_id) / meta["checkpoints"]["probex"])
-    single = bool(meta.get("single_label"))
+    model, _ = experts.load("probex", meta)
+    single = meta.single_label
     for method, calibration in (
         ("probex", Calibration.from_meta(meta, "probex")),
         ("probex-uncalibrated", Calibration()),  # plain sigmoids, as before
@@ -315,7 +315,7 @@ def _classifier_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) ->
 def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> None:
     """The zero-shot expert on test models (the tree's classes) and on holdout models (the
     held-out classes, never trained on); each zero-shot head compared where a tree has two."""
-    meta, classes, spec, t = tree.meta, tree.meta["classes"], tree.meta["encoder"], tree.tree_id
+    meta, classes, spec, t = tree.meta, list(tree.meta.classes), tree.meta.encoder, tree.tree_id
     encoder = text_encoder(home, spec)
     if tree.test:
         s = cosine_scores(tree.emb[tree.test], encoder.encode(class_prompts(classes))).numpy()
@@ -326,9 +326,9 @@ def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> 
         auc, se, n_auc = ranking_auc(s, Yt)
         if n_auc:
             rows.add(t, "probex-zeroshot", "zero_shot_ranking_auc", auc, 0.5, n_auc, "test", se)
-    variants = [m for m in meta["checkpoints"] if m.startswith("zeroshot-")]
+    variants = [m for m in meta.checkpoints if m.startswith("zeroshot-")]
     for name in variants if len(variants) > 1 else []:  # the zero-shot heads compared
-        zs, _ = load_expert(home.expert_dir(t) / meta["checkpoints"][name])
+        zs, _ = TreeExperts(home, t).load(name, meta)
         with torch.no_grad():
             v_emb = zs.text_embedding(tree.X)
         for split, idx, names in (("test", tree.test, classes), ("holdout", tree.hold,
@@ -364,7 +364,7 @@ def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None
     E = torch.cat([tree.emb for tree, _ in searched])
     ids = [r for tree, _ in searched for r in tree.ids]
     calib = np.concatenate([c for _, c in searched], axis=1)
-    spec = searched[0][0].meta["encoder"]
+    spec = searched[0][0].meta.encoder
     texts = text_encoder(home, spec).encode(class_prompts(truth.heldout))
     cos = cosine_scores(E, texts).numpy().T
     has = np.array([[c in truth.classes(r) for r in ids] for c in truth.heldout])

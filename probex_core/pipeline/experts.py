@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from probex_core.catalog import Home, read_table, write_table
 from probex_core.digest import digest
-from probex_core.files import atomic_write_json
 from probex_core.metrics import per_class_accuracy, topk_accuracy
 from probex_core.models import build_model, count_parameters
 from probex_core.pipeline.common import (
@@ -23,8 +20,12 @@ from probex_core.pipeline.common import (
     StepReport,
     png,
 )
-from probex_core.pipeline.layers import load_layer_index
 from probex_core.schemas import frame
+from probex_core.store import (
+    ExpertMeta,
+    TreeExperts,
+    TreeLayers,
+)
 from probex_core.text import CachedTextEncoder, EmbeddingCache, get_text_encoder
 from probex_core.train import (
     RidgeResult,
@@ -33,11 +34,8 @@ from probex_core.train import (
     TrainResult,
     fit_ridge,
     fit_temperature,
-    load_expert,
-    open_layer_stack,
     predict_logits,
     predict_proba,
-    save_expert,
     train_expert,
     warm_start_probex,
 )
@@ -141,21 +139,19 @@ class _ExpertRun:
     single_label: bool
     train: TensorData
     val: TensorData
-    meta: dict
+    meta: ExpertMeta  # what is known before training; completed at the end
     results: list[dict] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, dict] = field(default_factory=dict)
 
     @property
-    def out(self) -> Path:
-        return self.home.expert_dir(self.tree_id)
+    def experts(self) -> TreeExperts:
+        return TreeExperts(self.home, self.tree_id)
 
     def save(self, key: str, model, **extra) -> str:
         """Write one checkpoint as `<key>.safetensors`; returns its file name."""
-        path = self.out / f"{key}.safetensors"
-        save_expert(path, model, {**self.meta, **extra})
-        self.checkpoints[key] = path.name
-        return path.name
+        self.checkpoints[key] = self.experts.save(key, model, {**self.meta.to_json(), **extra})
+        return self.checkpoints[key]
 
     def record(
         self, method: str, objective: str, metric: str, value: float, chance: float, ckpt: str
@@ -195,7 +191,7 @@ def train_experts(
     """Sweep the tree's candidate layers, then on the best one train ProbeX (warm-started
     from the ridge read-out), its baselines and the zero-shot expert; write checkpoints,
     meta.json and the tree's rows of `expert_results`, `layer_sweep` and `expert_status`."""
-    index = load_layer_index(home, tree_id)
+    index = TreeLayers(home, tree_id).index()
     repo_ids = index["repo_ids"]
     classes, rows, Y = tree_labels(home, repo_ids)
     if len(rows) < settings.min_documented or not classes:
@@ -215,33 +211,27 @@ def train_experts(
     layer, curve, ridge = _sweep(splits, len(classes), settings, single_label)
     run = _ExpertRun(
         home, tree_id, settings, layer, classes, single_label, *splits[layer],
-        meta={
-            "tree_id": tree_id,
-            "layer": layer,
-            "classes": classes,
-            "version": index["version"],
-            "code_version": CODE_VERSIONS["tree_experts"],
-            "encoder": settings.encoder,
-            "settings": asdict(settings),
-        },
+        meta=ExpertMeta(
+            tree_id, index["version"], CODE_VERSIONS["tree_experts"], layer=layer,
+            classes=tuple(classes), encoder=settings.encoder, settings=asdict(settings),
+        ),
     )  # fmt: skip
-    run.out.mkdir(parents=True, exist_ok=True)
+    run.experts.dir.mkdir(parents=True, exist_ok=True)
     say(f"experts: layer {layer} chosen; training ProbeX and baselines ({settings.epochs} epochs)")
     probex, skipped = _train_classifiers(run, ridge)
     say("experts: training the zero-shot expert (text space)")
     chosen = _train_zero_shot(run, probex.model)
-    run.meta.update(
-        {
-            "checkpoints": run.checkpoints,
-            "calibration": run.calibration,
-            "sweep": curve,
-            "seconds": time.perf_counter() - t0,
-            "split_from": split_from,
-            "train_repos": [repo_ids[rows[i]] for i in tr],
-            "val_repos": [repo_ids[rows[i]] for i in va],
-            "single_label": single_label,
-            "zero_shot_loss": chosen,
-        }
+    run.meta = replace(
+        run.meta,
+        checkpoints=run.checkpoints,
+        calibration=run.calibration,
+        sweep=curve,
+        seconds=time.perf_counter() - t0,
+        split_from=split_from,
+        train_repos=tuple(repo_ids[rows[i]] for i in tr),
+        val_repos=tuple(repo_ids[rows[i]] for i in va),
+        single_label=single_label,
+        zero_shot_loss=chosen,
     )
     return _write_tree_results(run, curve, probex.history, skipped)
 
@@ -250,8 +240,7 @@ def _layer_data(home, tree_id, layers, train_rows, val_rows, Y_train, Y_val):
     """Per candidate layer, (train, val) TensorData read from the tree's layer stacks."""
 
     def data(layer: str, idx: list[int], Y: torch.Tensor) -> TensorData:
-        with open_layer_stack(home.layer_dir(tree_id) / f"{layer}.safetensors") as stack:
-            return TensorData(stack.read(idx), Y)
+        return TensorData(TreeLayers(home, tree_id).read(layer, idx), Y)
 
     return {n: (data(n, train_rows, Y_train), data(n, val_rows, Y_val)) for n in layers}
 
@@ -336,7 +325,7 @@ def _write_tree_results(
     run: _ExpertRun, curve: dict[str, float], history: list[dict], skipped: list[str]
 ) -> StepReport:
     home, tree_id, meta = run.home, run.tree_id, run.meta
-    atomic_write_json(run.out / "meta.json", meta)
+    run.experts.write_meta(meta)
     write_status(home, tree_id, "trained", None, run.layer)
     res_df = frame(run.results, "expert_results")
     write_table(home, "expert_results", res_df, part=tree_id)
@@ -350,7 +339,7 @@ def _write_tree_results(
             "classes": len(run.classes),
             "n_train": len(run.train),
             "n_val": len(run.val),
-            "seconds": round(meta["seconds"], 1),
+            "seconds": round(meta.seconds, 1),
             "notes": "; ".join(skipped) or "none",
             # the layer sweep as numbers: the UI shows short values inline (and plots them
             # across materialisations), while the PNG below sits behind "[Show Markdown]"
@@ -364,7 +353,7 @@ def _write_tree_results(
                 [float(h["val"]) for h in history],
             )
         },
-        data_version=digest(meta["version"], res_df.value.round(6).tolist()),
+        data_version=digest(meta.version, res_df.value.round(6).tolist()),
     )
 
 
@@ -415,20 +404,12 @@ def calibrate(model, val: TensorData, single_label: bool) -> dict:
 def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings) -> StepReport:
     """Too few documented models to learn from: no expert, said plainly (and not retried
     until the tree changes). Its models are still routed; they get no class predictions."""
-    out = home.expert_dir(tree_id)
-    out.mkdir(parents=True, exist_ok=True)
+    experts = TreeExperts(home, tree_id)
+    experts.dir.mkdir(parents=True, exist_ok=True)
     reason = f"{n_documented} documented models < {settings.min_documented} needed for an expert"
-    for name in out.glob("*.safetensors"):
-        name.unlink()
-    atomic_write_json(
-        out / "meta.json",
-        {
-            "tree_id": tree_id,
-            "version": index["version"],
-            "skipped": reason,
-            "checkpoints": {},
-            "code_version": CODE_VERSIONS["tree_experts"],
-        },
+    experts.remove_checkpoints()
+    experts.write_meta(
+        ExpertMeta(tree_id, index["version"], CODE_VERSIONS["tree_experts"], skipped=reason)
     )
     write_table(home, "expert_results", frame([], "expert_results"), part=tree_id)
     write_table(home, "layer_sweep", frame([], "layer_sweep"), part=tree_id)
@@ -438,21 +419,15 @@ def skip_tree(home: Home, tree_id: str, index: dict, n_documented: int, settings
     )
 
 
-def load_meta(home: Home, tree_id: str) -> dict:
-    path = home.expert_dir(tree_id) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"tree {tree_id}: no experts at {path} (materialise tree_experts)")
-    return json.loads(path.read_text())
-
-
 def verify_experts(home: Home, tree_id: str) -> tuple[list[str], dict]:
     """The blocking gate: finite weights, and ProbeX above chance on validation."""
-    meta = load_meta(home, tree_id)
-    if meta.get("skipped"):
-        return [], {"skipped": meta["skipped"]}
+    experts = TreeExperts(home, tree_id)
+    meta = experts.meta()
+    if meta.skipped:
+        return [], {"skipped": meta.skipped}
     problems = []
-    for method, name in meta["checkpoints"].items():
-        model, _ = load_expert(home.expert_dir(tree_id) / name)
+    for method in meta.checkpoints:
+        model, _ = experts.load(method, meta)
         bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
         if bad:
             problems.append(f"{method}: non-finite weights in {bad[:3]}")
@@ -461,7 +436,7 @@ def verify_experts(home: Home, tree_id: str) -> tuple[list[str], dict]:
     facts = {}
     # one class per model (LoRA-style trees): per-class accuracy is ~1 for any all-negative
     # guess, so the gate reads top-1 instead
-    gated = ("val_top1",) if meta.get("single_label") else ("val_per_class_accuracy",)
+    gated = ("val_top1",) if meta.single_label else ("val_per_class_accuracy",)
     for metric in (*gated, "val_zero_shot_top1", "val_zero_shot_ranking_auc"):
         r = res[res.metric == metric]
         if r.empty:

@@ -10,7 +10,6 @@ import torch
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.catalog import Home, read_table
 from probex_core.digest import digest
-from probex_core.files import atomic_write_json
 from probex_core.hub import HubSource, Rejected, RepoError, RepoRecord, require_finite
 from probex_core.pipeline.common import (
     CODE_VERSIONS,
@@ -20,7 +19,7 @@ from probex_core.pipeline.common import (
     Ticker,
 )
 from probex_core.pipeline.crawl import layers_part, load_records, write_rejected
-from probex_core.train import open_layer_stack, write_layer_stack
+from probex_core.store import TreeLayers, write_layer_stack
 from probex_core.trees import is_head_layer
 
 
@@ -163,16 +162,6 @@ def member_references(
     return refs, [pos.get(parents.get(r), 0) if r != root_id else 0 for r in repo_ids]
 
 
-def load_reference(home: Home, tree_id: str, layer: str) -> torch.Tensor | None:
-    """A tree's reference matrices of a layer (R, d_H, d_W), the root first; None for LoRA
-    trees, whose layers are already ΔW."""
-    path = home.layer_dir(tree_id) / f"{layer}.reference.safetensors"
-    if not path.is_file():
-        return None
-    with open_layer_stack(path) as stack:
-        return stack.read(slice(0, len(stack)))
-
-
 def extract_layers(
     home: Home,
     source: HubSource,
@@ -227,8 +216,8 @@ def extract_layers(
     if not kept:
         raise ValueError(f"tree {tree_id}: every member was rejected ({rejected[0].reason})")
     recs = kept
-    out = home.layer_dir(tree_id)
-    out.mkdir(parents=True, exist_ok=True)
+    store = TreeLayers(home, tree_id)
+    store.dir.mkdir(parents=True, exist_ok=True)
     repo_ids = [r.repo_id for r in recs]
     relative = not lora and root_id in repo_ids
     ref_ids, ref_of = member_references(repo_ids, parents, root_id) if relative else ([], [])
@@ -237,12 +226,11 @@ def extract_layers(
         reference = None
         if relative:
             R = X[[repo_ids.index(r) for r in ref_ids]]
-            write_layer_stack(out / f"{n}.reference.safetensors", ref_ids, R)
+            write_layer_stack(store.reference_path(n), ref_ids, R)
             reference = R[ref_of]
-        write_layer_stack(out / f"{n}.safetensors", repo_ids, layer_transform(X, reference))
+        write_layer_stack(store.stack_path(n), repo_ids, layer_transform(X, reference))
     version = tree_version(home, tree_id)
-    atomic_write_json(
-        out / "layers.json",
+    store.write_index(
         {
             "tree_id": tree_id,
             "repo_ids": repo_ids,
@@ -280,19 +268,13 @@ def member_layers(
     return {n: require_finite(record, n, assemble_layer(specs[n], tensors)) for n in layers}
 
 
-def load_layer_index(home: Home, tree_id: str) -> dict:
-    path = home.layer_dir(tree_id) / "layers.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"tree {tree_id}: no layers at {path} (materialise tree_layers)")
-    return json.loads(path.read_text())
-
-
 def verify_layers(home: Home, tree_id: str) -> list[str]:
     """Problems with a tree's layer files: missing members, wrong shapes, NaN/Inf."""
-    index = load_layer_index(home, tree_id)
+    store = TreeLayers(home, tree_id)
+    index = store.index()
     problems = []
     for n, shape in index["layers"].items():
-        with open_layer_stack(home.layer_dir(tree_id) / f"{n}.safetensors") as stack:
+        with store.open(n) as stack:
             if list(stack.repo_ids) != index["repo_ids"]:
                 problems.append(f"{n}: members differ from layers.json")
             if list(stack.shape[1:]) != list(shape):

@@ -8,11 +8,11 @@ import torch
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.digest import digest
 from probex_core.pipeline.common import StepReport
-from probex_core.pipeline.experts import load_meta, text_encoder
-from probex_core.pipeline.layers import load_layer_index
+from probex_core.pipeline.experts import text_encoder
 from probex_core.schemas import frame
+from probex_core.store import TreeExperts, TreeLayers
 from probex_core.text import class_prompts
-from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, predict_proba
 from probex_core.zeroshot import cosine_scores
 
 
@@ -35,20 +35,19 @@ def tree_outputs(
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str, float, np.ndarray]:
     """(repo ids, classes, probabilities (N, C), text-space embeddings (N, D), encoder,
     search scale, search offsets (N,)) of a tree."""
-    meta = load_meta(home, tree_id)
-    if meta.get("skipped"):
-        raise FileNotFoundError(f"tree {tree_id} has no expert: {meta['skipped']}")
-    index = load_layer_index(home, tree_id)
-    with open_layer_stack(home.layer_dir(tree_id) / f"{meta['layer']}.safetensors") as stack:
-        X = stack.read(slice(0, len(stack)))
-    clf, _ = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["probex"])
-    zs, zmeta = load_expert(home.expert_dir(tree_id) / meta["checkpoints"]["zeroshot"])
+    experts, layers = TreeExperts(home, tree_id), TreeLayers(home, tree_id)
+    meta = experts.meta()
+    if meta.skipped:
+        raise FileNotFoundError(f"tree {tree_id} has no expert: {meta.skipped}")
+    X = layers.read(meta.layer)
+    clf, _ = experts.load("probex", meta)
+    zs, zmeta = experts.load("zeroshot", meta)
     probs = predict_proba(clf, X, calibration=Calibration.from_meta(meta, "probex")).numpy()
     emb = text_space(zs, X).numpy()
-    encoder = zmeta.get("encoder_name", meta["encoder"])
-    texts = text_encoder(home, meta["encoder"]).encode(class_prompts(meta["classes"]))
+    encoder = zmeta.get("encoder_name", meta.encoder)
+    texts = text_encoder(home, meta.encoder).encode(class_prompts(list(meta.classes)))
     scale, offsets = search_calibration(zs, emb, texts)
-    return index["repo_ids"], meta["classes"], probs, emb, encoder, scale, offsets
+    return layers.index()["repo_ids"], list(meta.classes), probs, emb, encoder, scale, offsets
 
 
 def predict(home: Home) -> StepReport:

@@ -15,17 +15,16 @@ from probex_core.catalog import Home, load_sql, query, read_table
 from probex_core.env import hub_from_env
 from probex_core.errors import UserError
 from probex_core.hub import LocalHubSource, RepoError, RepoRecord, make_source
-from probex_core.pipeline.experts import is_list, load_meta, text_encoder
+from probex_core.pipeline.experts import is_list, text_encoder
 from probex_core.pipeline.layers import (
     layer_transform,
-    load_layer_index,
-    load_reference,
     nearest_reference,
 )
 from probex_core.pipeline.predict import text_space
 from probex_core.pipeline.recover import weight_records
+from probex_core.store import TreeExperts, TreeLayers
 from probex_core.text import class_prompts
-from probex_core.train import Calibration, load_expert, open_layer_stack, predict_proba
+from probex_core.train import Calibration, predict_proba
 from probex_core.zeroshot import cosine_scores
 
 
@@ -38,7 +37,7 @@ def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) 
         raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
     if tree is not None:
         tree = resolve_tree(home, tree, set(stored.tree_id))
-    spec = load_meta(home, stored.tree_id.iloc[0])["encoder"]
+    spec = TreeExperts(home, stored.tree_id.iloc[0]).meta().encoder
     vec = text_encoder(home, spec).encode([text])[0].tolist()
     try:
         return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
@@ -131,33 +130,32 @@ def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -
         return pred
     names = query(home, "SELECT name FROM trees WHERE tree_id = ?", [res.tree_id]).name
     pred.tree_name = names.iloc[0] if len(names) else None
-    meta = load_meta(home, res.tree_id)
-    if meta.get("skipped"):
-        pred.route_reason = f"its tree has no expert ({meta['skipped']})"
+    experts, layers = TreeExperts(home, res.tree_id), TreeLayers(home, res.tree_id)
+    meta = experts.meta()
+    if meta.skipped:
+        pred.route_reason = f"its tree has no expert ({meta.skipped})"
         return pred
     specs = find_layers(record.tensor_shapes())
-    spec = specs.get(meta["layer"])
+    spec = specs.get(meta.layer)
     if spec is None:
-        pred.route_reason = f"model lacks the expert's layer {meta['layer']}"
+        pred.route_reason = f"model lacks the expert's layer {meta.layer}"
         return pred
-    index = load_layer_index(home, res.tree_id)
-    if record.repo_id in index["repo_ids"]:  # a member: its layer as the experts read it
-        path = home.layer_dir(res.tree_id) / f"{meta['layer']}.safetensors"
-        with open_layer_stack(path) as stack:
-            X = stack.read([index["repo_ids"].index(record.repo_id)])
+    members = layers.index()["repo_ids"]
+    if record.repo_id in members:  # a member: its layer as the experts read it
+        X = layers.read(meta.layer, [members.index(record.repo_id)])
     else:  # never seen: measured from the nearest of the tree's references
         X = assemble_layer(spec, source.read_tensors(record, spec.tensors))[None]
-        refs = load_reference(home, res.tree_id, meta["layer"])
+        refs = layers.reference(meta.layer)
         X = layer_transform(X, None if refs is None else nearest_reference(X, refs))
-    clf, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["probex"])
-    zs, _ = load_expert(home.expert_dir(res.tree_id) / meta["checkpoints"]["zeroshot"])
+    clf, _ = experts.load("probex", meta)
+    zs, _ = experts.load("zeroshot", meta)
     probs = predict_proba(clf, X, calibration=Calibration.from_meta(meta, "probex"))[0]
     order = torch.argsort(probs, descending=True)[:top]
-    pred.classes = [(meta["classes"][i], float(probs[i])) for i in order]
+    pred.classes = [(meta.classes[i], float(probs[i])) for i in order]
     vocab = sorted(
         {c for cs in read_table(home, "repos").training_classes if is_list(cs) for c in cs}
     )
-    T = text_encoder(home, meta["encoder"]).encode(class_prompts(vocab))
+    T = text_encoder(home, meta.encoder).encode(class_prompts(vocab))
     sims = cosine_scores(text_space(zs, X), T)[0]
     order = torch.argsort(sims, descending=True)[:top]
     pred.labels = [(vocab[i], float(sims[i])) for i in order]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from probex_core.catalog import Home, read_table
 from probex_core.pipeline.layers import tree_version
+from probex_core.store import TreeExperts
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ def stale_trees(home: Home) -> StalePlan:
     wanted = {t: tree_version(home, t) for t in sorted(trees)}
     stale = []
     for t, version in wanted.items():
-        meta = home.expert_dir(t) / "meta.json"
-        built = json.loads(meta.read_text()).get("version") if meta.is_file() else None
+        experts = TreeExperts(home, t)
+        built = experts.meta().version if experts.exists() else None
         if built != version:
             stale.append(t)
     return StalePlan(wanted, stale)
