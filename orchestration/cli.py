@@ -15,7 +15,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from probex_core.bench import run_bench
+    from bench import run_bench
 
     run_bench(args.name, quick=args.quick)
     return 0

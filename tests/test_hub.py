@@ -16,6 +16,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import save_file
 
+from bench.modelj_fixture import cache_file
 from probex_core.hub import (
     HFCacheSource,
     HubApiSource,
@@ -25,7 +26,6 @@ from probex_core.hub import (
     make_source,
     read_layer,
 )
-from probex_core.modelj_fixture import cache_file
 
 CLASSES = ["red circle", "blue square", "green star"]
 

@@ -1,6 +1,6 @@
 """Model-J as the official script downloads it: layouts found, splits honoured, labels read.
 
-The fixture (`probex_core.modelj_fixture`) writes both layouts of SCIENCE.md §7: per-split
+The fixture (`bench.modelj_fixture`) writes both layouts of SCIENCE.md §7: per-split
 Hugging Face caches with symlinked blobs and Python-literal `dataset_chosen_targets`, and bare
 LoRA split folders with `imagenet_class_id`. The end-to-end run must ingest every repo,
 train on `train`, validate on `val`, score `test` and the holdout splits, and beat chance.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.modelj_fixture import ModelJSizes, write_modelj
 from probex_core.catalog import Home, query
 from probex_core.classnames import class_name, imagenet_names
 from probex_core.hub import HFCacheSource, LocalHubSource, crawl_all, describe_hub, make_source
-from probex_core.modelj_fixture import ModelJSizes, write_modelj
 
 SHORT = {"epochs": 40, "sweep_epochs": 10, "val_every": 10}
 
@@ -186,8 +186,8 @@ def test_run_scores_the_test_splits_above_chance(run) -> None:
 def test_the_layer_screen_finds_the_layer_an_even_spread_misses(tmp_path: Path) -> None:
     """24 projections, the classes in block 5's attention output: six layers spread evenly
     over depth miss it; the ridge screen of every layer keeps it and the experts choose it."""
+    from bench.modelj_fixture import ModelJSizes, signal_layer_name
     from orchestration.runner import run_all
-    from probex_core.modelj_fixture import ModelJSizes, signal_layer_name
     from probex_core.pipeline.layers import _even, candidate_layers
 
     sizes = ModelJSizes(vit_blocks=12, signal_block=5)
@@ -214,8 +214,8 @@ def test_the_bench_reads_what_the_official_code_reads(download) -> None:
     must see the same weights and the same labels, model for model."""
     import torch
 
-    from probex_core.bench.modelj import _FilesEachEpoch, _stacks
-    from probex_core.modelj_fixture import signal_layer_name
+    from bench.modelj import _FilesEachEpoch, _stacks
+    from bench.modelj_fixture import signal_layer_name
 
     out, _ = download
     layer = signal_layer_name(ModelJSizes())

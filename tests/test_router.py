@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from probex_core.bench.trees import ForestSpec, _init, synthetic_forest
+from bench.trees import ForestSpec, _init, synthetic_forest
 from probex_core.router import Router, tree_references
 from probex_core.trees import WeightRecord, recover_trees
 

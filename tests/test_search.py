@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from probex_core.search import (
+from bench.ivf import (
     IVFIndex,
     SearchIndex,
     load_index,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, build_model
 from probex_core.store import load_expert, save_expert
-from probex_core.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.train import (
     TensorData,
     TrainConfig,

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from probex_core.bench.trees import ForestSpec, synthetic_edges, synthetic_forest
+from bench.trees import ForestSpec, synthetic_edges, synthetic_forest
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.trees import (
     TreeConfig,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from bench.synthetic import SyntheticConfig, SyntheticTree, make_tree
 from probex_core.canon import assemble_layer, find_layers
 from probex_core.metrics import topk_chance
-from probex_core.synthetic import SyntheticConfig, SyntheticTree, make_tree
 from probex_core.text import class_prompt
 from probex_core.train import TrainConfig
 from probex_core.zeroshot import (

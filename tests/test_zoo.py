@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
-from probex_core.bench.zoo import _Setup
+from bench.zoo import _Setup
 from probex_core.zoo import PRESETS, generate_zoo
 from probex_core.zoo.archs import MLP
 from probex_core.zoo.data import CLASSES, COLOURS, SHAPES, heldout_classes, image_pool

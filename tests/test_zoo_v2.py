@@ -91,7 +91,7 @@ def test_zoo_signal_bench_prefers_the_v2_recipe_even_at_quick_size() -> None:
     """`probex bench zoo-signal --quick` (50 training fine-tunes per recipe) measured, per-class
     test accuracy of the ridge read-out: v1 fc1 0.605 / fc2 0.641, v2 0.663 / 0.678 (chance
     0.50). The full bench, which chose the recipe, is in the README."""
-    from probex_core.bench import zoo_signal
+    from bench import zoo_signal
 
     rows = zoo_signal.run(quick=True, recipes=["v1-warm", "v2"])
     v1, v2 = rows["v1-warm"]["layers"], rows["v2"]["layers"]

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.synthetic import SyntheticConfig, make_tree
 from probex_core.metrics import per_class_accuracy
 from probex_core.models import build_model, count_parameters
-from probex_core.synthetic import SyntheticConfig, make_tree
 from probex_core.train import TensorData, TrainConfig, predict_proba, train_expert
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 
 BENCHES: dict[str, str] = {
-    "core": "probex_core.bench.core",
-    "zoo": "probex_core.bench.zoo",
-    "trees": "probex_core.bench.trees",
-    "search": "probex_core.bench.search",
-    "zoo-signal": "probex_core.bench.zoo_signal",
-    "modelj": "probex_core.bench.modelj",
+    "core": "bench.core",
+    "zoo": "bench.zoo",
+    "trees": "bench.trees",
+    "search": "bench.search",
+    "zoo-signal": "bench.zoo_signal",
+    "modelj": "bench.modelj",
 }
 
 

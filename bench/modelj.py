@@ -33,10 +33,10 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
+from bench.modelj_fixture import ModelJSizes, signal_layer_name, write_modelj
 from probex_core.classnames import class_name
 from probex_core.env import HOME_VAR
 from probex_core.metrics import per_class_accuracy
-from probex_core.modelj_fixture import ModelJSizes, signal_layer_name, write_modelj
 from probex_core.models import build_model
 from probex_core.train import TensorData, TrainConfig, predict_proba, train_expert
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from probex_core.search import (
+from bench.ivf import (
     IVFIndex,
     SearchIndex,
     recall_at_k,
