@@ -167,7 +167,7 @@ def split_report(home: Home) -> list[str]:
     carry labels. A UserError when the hub declares splits and its train split has none:
     no expert could learn. An evaluation split without labels is said, not fatal."""
     from probex_core.hub.records import EVAL_SPLITS
-    from probex_core.pipeline.experts import is_list
+    from probex_core.pipeline.labels import is_list
 
     repos = read_table(home, "repos")
     declared = repos[repos.split.notna()] if "split" in repos.columns else repos.iloc[:0]

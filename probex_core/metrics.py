@@ -207,3 +207,50 @@ def expected_calibration_error(
         if sel.any():
             gap += sel.mean() * abs(conf[sel].mean() - hit[sel].mean())
     return float(gap)
+
+
+def representation_scores(
+    E_train: np.ndarray,
+    Y_train: np.ndarray,
+    E_test: np.ndarray,
+    Y_test: np.ndarray,
+    knn_chance: float,
+    k: int = 5,
+) -> list[tuple[str, float, float]]:
+    """(metric, value, chance) of downstream tasks on a representation of each model.
+
+    kNN: the training classes of a test model by the vote of its k nearest documented
+    (training) models, per-class accuracy (chance: the majority guess). One-class ROC-AUC,
+    per class c with ≥ k training models that learned it: those are the "normal" set, test
+    models are scored by their distance to it and the AUC separates test models that learned
+    c from those that did not; mean over classes (chance 0.5). Retrieval: each test model
+    queries the other test models; relevant ones learned the same class (one class per
+    model) or a class set with Jaccard ≥ 0.5; precision@k (chance: the relevant fraction).
+    """
+    out = [
+        ("knn_per_class_accuracy", knn_accuracy(E_train, Y_train, E_test, Y_test, k), knn_chance)
+    ]
+    aucs = [
+        one_class_auc(E_train[Y_train[:, c] > 0.5], E_test, Y_test[:, c] > 0.5, k=k)
+        for c in range(Y_train.shape[1])
+        if (Y_train[:, c] > 0.5).sum() >= k and 0 < (Y_test[:, c] > 0.5).sum() < len(Y_test)
+    ]
+    if aucs:
+        out.append(("one_class_auc", float(np.mean(aucs)), 0.5))
+    single = bool((Y_test.sum(1) == 1).all())
+    labels = Y_test.argmax(1) if single else Y_test
+    min_jaccard = 1.0 if single else 0.5
+    res = retrieval(E_test, labels, k=k, min_jaccard=min_jaccard)
+    L = Y_test > 0.5
+    inter = L.astype(float) @ L.T.astype(float)
+    union = L.sum(1)[:, None] + L.sum(1)[None, :] - inter
+    rel = inter / np.maximum(union, 1) >= min_jaccard - 1e-12
+    np.fill_diagonal(rel, False)
+    out.append(
+        (
+            f"retrieval_precision_at_{k}",
+            res["precision_at_k"],
+            float(rel.mean() * len(rel) / max(len(rel) - 1, 1)),
+        )
+    )
+    return out

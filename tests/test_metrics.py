@@ -113,7 +113,7 @@ def _embedded(n: int, informative: bool, seed: int) -> tuple[np.ndarray, np.ndar
 
 @pytest.mark.parametrize("informative", [True, False])
 def test_representation_scores_separate_signal_from_noise(informative: bool) -> None:
-    from probex_core.pipeline.evaluate import representation_scores
+    from probex_core.metrics import representation_scores
 
     E_tr, Y_tr = _embedded(200, informative, seed=0)
     E_te, Y_te = _embedded(80, informative, seed=1)

@@ -87,7 +87,7 @@ def test_shuffled_labels_leave_the_largest_tree_expert_at_chance(built, tiny_hub
     from probex_core.metrics import per_class_accuracy
     from probex_core.models import build_model
     from probex_core.pipeline.common import ExpertSettings
-    from probex_core.pipeline.experts import majority_chance
+    from probex_core.pipeline.labels import majority_chance
     from probex_core.store import TreeExperts, TreeLayers
     from probex_core.train import TensorData, predict_proba, train_expert
 
@@ -147,7 +147,7 @@ def test_heldout_zero_shot_values_are_recomputed_from_the_manifest(built, tiny_h
 
     from sklearn.metrics import roc_auc_score
 
-    from probex_core.pipeline.experts import text_encoder
+    from probex_core.pipeline.labels import text_encoder
     from probex_core.text import class_prompts
 
     home, _ = built

@@ -11,17 +11,15 @@ import torch
 from bench.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, build_model
+from probex_core.ridge import fit_ridge, warm_start_probex
 from probex_core.store import load_expert, save_expert
+from probex_core.sweeps import layer_sweep, train_shared_baseline
 from probex_core.train import (
     TensorData,
     TrainConfig,
     embed,
-    fit_ridge,
-    layer_sweep,
     predict_proba,
     train_expert,
-    train_shared_baseline,
-    warm_start_probex,
     zero_shot_scores,
 )
 

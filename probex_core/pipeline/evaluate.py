@@ -20,23 +20,16 @@ import torch
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.metrics import (
     expected_calibration_error,
-    knn_accuracy,
     mean_average_precision,
-    one_class_auc,
     per_class_accuracy,
     ranking_auc,
-    retrieval,
+    representation_scores,
     set_f1,
     topk_accuracy,
     topk_chance,
 )
 from probex_core.pipeline.common import StepReport, png
-from probex_core.pipeline.experts import (
-    is_list,
-    majority_chance,
-    text_encoder,
-    tree_labels,
-)
+from probex_core.pipeline.labels import is_list, majority_chance, text_encoder, tree_labels
 from probex_core.schemas import frame
 from probex_core.store import ExpertMeta, TreeExperts, TreeLayers
 from probex_core.text import class_prompts
@@ -378,53 +371,6 @@ def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None
 
 def _binomial_se(p: float, n: int) -> float:
     return float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
-
-
-def representation_scores(
-    E_train: np.ndarray,
-    Y_train: np.ndarray,
-    E_test: np.ndarray,
-    Y_test: np.ndarray,
-    knn_chance: float,
-    k: int = 5,
-) -> list[tuple[str, float, float]]:
-    """(metric, value, chance) of downstream tasks on a representation of each model.
-
-    kNN: the training classes of a test model by the vote of its k nearest documented
-    (training) models, per-class accuracy (chance: the majority guess). One-class ROC-AUC,
-    per class c with ≥ k training models that learned it: those are the "normal" set, test
-    models are scored by their distance to it and the AUC separates test models that learned
-    c from those that did not; mean over classes (chance 0.5). Retrieval: each test model
-    queries the other test models; relevant ones learned the same class (one class per
-    model) or a class set with Jaccard ≥ 0.5; precision@k (chance: the relevant fraction).
-    """
-    out = [
-        ("knn_per_class_accuracy", knn_accuracy(E_train, Y_train, E_test, Y_test, k), knn_chance)
-    ]
-    aucs = [
-        one_class_auc(E_train[Y_train[:, c] > 0.5], E_test, Y_test[:, c] > 0.5, k=k)
-        for c in range(Y_train.shape[1])
-        if (Y_train[:, c] > 0.5).sum() >= k and 0 < (Y_test[:, c] > 0.5).sum() < len(Y_test)
-    ]
-    if aucs:
-        out.append(("one_class_auc", float(np.mean(aucs)), 0.5))
-    single = bool((Y_test.sum(1) == 1).all())
-    labels = Y_test.argmax(1) if single else Y_test
-    min_jaccard = 1.0 if single else 0.5
-    res = retrieval(E_test, labels, k=k, min_jaccard=min_jaccard)
-    L = Y_test > 0.5
-    inter = L.astype(float) @ L.T.astype(float)
-    union = L.sum(1)[:, None] + L.sum(1)[None, :] - inter
-    rel = inter / np.maximum(union, 1) >= min_jaccard - 1e-12
-    np.fill_diagonal(rel, False)
-    out.append(
-        (
-            f"retrieval_precision_at_{k}",
-            res["precision_at_k"],
-            float(rel.mean() * len(rel) / max(len(rel) - 1, 1)),
-        )
-    )
-    return out
 
 
 def _plot(df) -> bytes:

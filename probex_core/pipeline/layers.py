@@ -86,8 +86,8 @@ def screen_layers(
     splits when it has them): cheap enough to cover every projection of a ViT-B, so the
     layers the experts then sweep in full are the promising ones, wherever they sit.
     {} when the tree has fewer than SCREEN_MIN labelled models."""
-    from probex_core.pipeline.experts import split_members, tree_labels
-    from probex_core.train import fit_ridge
+    from probex_core.pipeline.labels import split_members, tree_labels
+    from probex_core.ridge import fit_ridge
 
     repo_ids = [r.repo_id for r in recs]
     classes, rows, Y = tree_labels(home, repo_ids)

@@ -8,7 +8,7 @@ import torch
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.digest import digest
 from probex_core.pipeline.common import StepReport
-from probex_core.pipeline.experts import text_encoder
+from probex_core.pipeline.labels import text_encoder
 from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.text import class_prompts

@@ -15,7 +15,7 @@ from probex_core.catalog import Home, load_sql, query, read_table
 from probex_core.env import hub_from_env
 from probex_core.errors import UserError
 from probex_core.hub import LocalHubSource, RepoError, RepoRecord, make_source
-from probex_core.pipeline.experts import is_list, text_encoder
+from probex_core.pipeline.labels import is_list, text_encoder
 from probex_core.pipeline.layers import (
     layer_transform,
     nearest_reference,
