@@ -25,15 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probex_core.hub import LocalHubSource, RepoError, crawl_all
-from probex_core.hub.parse import (
-    MAX_CARD_NODES,
-    MAX_FRONT_MATTER_CHARS,
-    MAX_INT_BITS,
-    base_models,
-    build_record,
-    decode_metadata_value,
-    parse_card,
-)
+from probex_core.hub.cards import MAX_CARD_NODES, MAX_FRONT_MATTER_CHARS, MAX_INT_BITS, parse_card
+from probex_core.hub.parse import base_models, build_record, decode_metadata_value
 from probex_core.hub.safetensors_io import (
     DTYPES,
     ParsedHeader,
