@@ -1,0 +1,124 @@
+"""ProbeX (probes, a shared projection, a representation) and its multi-view variant."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probex_core.models.base import LayerRows, WeightModel, probe_responses
+
+
+class ProbeX(WeightModel):
+    """ProbeX (Horwitz et al., CVPR 2025): probes passed through the weights, one ReLU.
+
+    Args map to the paper: d_H, d_W — the layer's shape; r_U — number of probes U
+    (d_W × r_U); r_V — width of the shared projection V (d_H × r_V); r_T — width of the
+    representation e; n_classes — d_Y. The per-probe encoders M_l (r_V → r_T, summed over l)
+    are implemented as their exact equivalent, one linear map on the flattened r_U·r_V
+    responses.
+    """
+
+    kind = "probex"
+    reads_in_place = True
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        r_U: int = 128,
+        r_V: int = 128,
+        r_T: int = 512,
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
+        self.U = nn.Parameter(torch.randn(d_W, r_U) / math.sqrt(d_W))  # probes (d_W, r_U)
+        self.V = nn.Linear(d_H, r_V)  # shared projection along d_H
+        self.M = nn.Linear(r_U * r_V, r_T)  # Σ_l M_l as one map
+        # the training models' mean layer X̄, subtracted from every input (set by `fit_stats`):
+        # what all members share is nuisance, and (X − X̄) U = X U − X̄ U costs one product
+        self.register_buffer("x_mean", torch.zeros(d_H, d_W))
+
+    @torch.no_grad()
+    def fit_stats(self, X: torch.Tensor) -> None:
+        self.x_mean.copy_(X.mean(0))
+
+    def encode(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
+        Z = probe_responses(X, self.U) - (self.x_mean @ self.U).T  # (N, r_U, d_H)
+        Z = torch.relu(self.V(Z))  # (N, r_U, r_V)
+        return self.M(Z.flatten(1))  # (N, r_T)
+
+
+def _standardise(A: torch.Tensor) -> torch.Tensor:
+    """Per-sample standardisation over all entries of A (N, …)."""
+    dims = tuple(range(1, A.ndim))
+    mean = A.mean(dim=dims, keepdim=True)
+    std = A.std(dim=dims, keepdim=True)
+    return (A - mean) / (std + 1e-6)
+
+
+class MultiViewProbe(WeightModel):
+    """MVProbe-style multi-view probe: first- and second-order views from both sides of X.
+
+    Views (r probes each): X U1 (d_H × r), Xᵀ U2 (d_W × r), X (Xᵀ U3) (d_H × r) and
+    Xᵀ (X U4) (d_W × r) — the Gram matrices X Xᵀ, Xᵀ X are never formed. Each view is
+    standardised per sample, projected along its long axis (d_H or d_W → proj_dim), ReLU'd,
+    flattened; the four are concatenated (4·r·proj_dim) and one linear map gives e (r_T).
+    `preprocess` optionally centres ("center") or L2-normalises ("l2") the rows of X first.
+    """
+
+    kind = "mvprobe"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        r: int = 64,
+        proj_dim: int = 32,
+        r_T: int = 512,
+        preprocess: str = "none",
+        text_dim: int | None = None,
+        zs_scale: float = 10.0,
+        zs_learn_scale: bool = True,
+    ):
+        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
+        if preprocess not in ("none", "center", "l2"):
+            raise ValueError(f"unknown preprocess {preprocess!r}")
+        self.preprocess = preprocess
+        self.U1 = nn.Parameter(torch.randn(d_W, r) / math.sqrt(d_W))
+        self.U2 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))
+        self.U3 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))
+        self.U4 = nn.Parameter(torch.randn(d_W, r) / math.sqrt(d_W))
+        self.P = nn.ModuleList(
+            [
+                nn.Linear(d_H, proj_dim),
+                nn.Linear(d_W, proj_dim),
+                nn.Linear(d_H, proj_dim),
+                nn.Linear(d_W, proj_dim),
+            ]
+        )  # per-view projection along the long axis
+        self.out = nn.Linear(4 * r * proj_dim, r_T)
+
+    def encode(self, X: torch.Tensor) -> torch.Tensor:
+        if self.preprocess == "center":
+            X = X - X.mean(dim=2, keepdim=True)
+        elif self.preprocess == "l2":
+            X = F.normalize(X, dim=2)
+        Xt = X.transpose(1, 2)  # (N, d_W, d_H)
+        views = (
+            probe_responses(X, self.U1).transpose(1, 2),  # (N, d_H, r)
+            Xt @ self.U2,  # (N, d_W, r)
+            X @ (Xt @ self.U3),  # (N, d_H, r)
+            Xt @ (X @ self.U4),  # (N, d_W, r)
+        )
+        feats = [
+            torch.relu(P(_standardise(A).transpose(1, 2))).flatten(1)  # (N, r·proj_dim)
+            for P, A in zip(self.P, views, strict=True)
+        ]
+        return self.out(torch.cat(feats, dim=1))  # (N, r_T)
