@@ -15,7 +15,7 @@ from bench.zoo import _Setup
 from probex_core.zoo import PRESETS, generate_zoo
 from probex_core.zoo.archs import MLP
 from probex_core.zoo.data import CLASSES, COLOURS, SHAPES, heldout_classes, image_pool
-from probex_core.zoo.generate import MIN_MARGIN
+from probex_core.zoo.plan import MIN_MARGIN
 from probex_core.zoo.trainer import Hyper, MulticlassTask, multiclass_accuracy, train_batched
 from probex_core.zoo.writer import save_safetensors
 
@@ -332,14 +332,16 @@ def test_a_finetunes_recorded_accuracy_is_what_its_saved_weights_score(tiny_zoo:
     from safetensors.torch import load_file
 
     from probex_core.zoo.data import CLASSES, ImageJitter, image_pool
-    from probex_core.zoo.generate import _gen
+    from probex_core.zoo.plan import seeded_generator
     from probex_core.zoo.presets import TINY
     from probex_core.zoo.trainer import multiclass_accuracy
 
     manifest = _manifest(tiny_zoo)
     spec = next(t for t in TINY.trees if t.tree_id == "mlp-a")
     pool = image_pool(
-        TINY.eval_per_class, _gen(manifest["seed"], "eval-pool"), ImageJitter(texture=TINY.texture)
+        TINY.eval_per_class,
+        seeded_generator(manifest["seed"], "eval-pool"),
+        ImageJitter(texture=TINY.texture),
     )
     rows = [r for r in manifest["models"] if r["tree_id"] == "mlp-a" and r["depth"] == 1][:3]
     for row in rows:

@@ -7,19 +7,26 @@ Everything random is derived from the seed (torch generators for weights and ima
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from probex_core.zoo.archs import CNN, MLP, LoraMLP, Params, ViT, linear, new_head
+from probex_core.zoo.archs import LoraMLP, Params, linear, new_head
 from probex_core.zoo.data import CLASSES, ImageJitter, heldout_classes, image_pool
+from probex_core.zoo.plan import (
+    MIN_MARGIN,
+    Namer,
+    Planned,
+    ZooTrainingError,
+    add_card_lies,
+    plan_tree,
+    root_hyper,
+    seeded_generator,
+)
 from probex_core.zoo.presets import PRESETS, TreeSpec, ZooPreset
+from probex_core.zoo.repos import write_full_repo, write_lora_repo
 from probex_core.zoo.trainer import (
     AttributeTask,
     Hyper,
@@ -30,230 +37,7 @@ from probex_core.zoo.trainer import (
     multiclass_accuracy,
     train_batched,
 )
-from probex_core.zoo.writer import model_card, prune_hub, write_json_atomic, write_repo
-
-# A fine-tune "clearly beats chance" when its accuracy on held-out images of its own classes
-# is at least chance + MIN_MARGIN (k=40: 0.175 vs 0.025; one-vs-rest: balanced 0.65 vs 0.5).
-MIN_MARGIN = 0.15
-DOCUMENTED_SPLITS = ("root", "train", "val")
-USERS = (
-    "amaru-k", "bexley", "calloway-ml", "dunmore", "elowen", "fjordbyte", "galeforce",
-    "hollis-r", "ivarsen", "juniper-lab", "kestrel", "lumenfold", "marisol", "nightjar-ai",
-    "oakhaven", "pemberton", "quillon", "rosalind-t", "saffron", "thistle", "umbra-dev",
-    "vantablue", "wrenfield", "xanthe", "yarrow", "zephyrine", "brackenridge", "cobalt-owl",
-    "driftwood", "emberly",
-)  # fmt: skip
-ARCH_NAMES = {MLP: "ZooMLPForImageClassification", CNN: "ZooCNNForImageClassification",
-              ViT: "ZooViTForImageClassification"}  # fmt: skip
-
-
-class ZooTrainingError(RuntimeError):
-    """A fine-tune did not clearly beat chance: the zoo would carry no signal."""
-
-
-def _gen(seed: int, *tags: object) -> torch.Generator:
-    """An independent torch generator for one purpose, derived from the seed and tags."""
-    digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-@dataclass
-class Planned:
-    """One model to train and write; becomes one manifest row."""
-
-    repo_id: str
-    tree_id: str
-    parent: str | None
-    depth: int
-    split: str
-    classes: list[int]  # global class ids, in the order of the model's head
-    hyper: Hyper
-    parent_idx: int | None = None  # index of the first-level parent inside its tree's plan
-    card_base_model: str | None = None
-    card_lies: bool = False
-    accuracy: float = float("nan")
-    chance: float = float("nan")
-
-    @property
-    def documented(self) -> bool:
-        return self.split in DOCUMENTED_SPLITS
-
-    def manifest_row(self) -> dict:
-        return {
-            "repo_id": self.repo_id,
-            "tree_id": self.tree_id,
-            "parent": self.parent,
-            "depth": self.depth,
-            "split": self.split,
-            "training_classes": [CLASSES[c] for c in self.classes],
-            "documented": self.documented,
-            "card_base_model": self.card_base_model,
-            "card_lies": self.card_lies,
-            "hyperparameters": self.hyper.as_dict(),
-            "accuracy": round(self.accuracy, 6),
-            "chance": round(self.chance, 6),
-        }
-
-
-class _Namer:
-    """Neutral, unique `<user>/model-<6 hex>` repo ids that say nothing about the tree."""
-
-    def __init__(self, seed: int):
-        self.rng, self.used = random.Random(f"probex-zoo-names-{seed}"), set()
-
-    def __call__(self) -> str:
-        while True:
-            rid = f"{self.rng.choice(USERS)}/model-{self.rng.getrandbits(24):06x}"
-            if rid not in self.used:
-                self.used.add(rid)
-                return rid
-
-
-def _plan_tree(
-    spec: TreeSpec, preset: ZooPreset, seed: int, heldout: list[int], namer: _Namer
-) -> list[Planned]:
-    """Descendants of one tree: depth, parent, split, classes and hyperparameters."""
-    rng = random.Random(f"probex-zoo-plan-{seed}-{spec.tree_id}")
-    seen = [c for c in range(len(CLASSES)) if c not in set(heldout)]
-    n = spec.splits.total
-    n1 = n // (1 + spec.children) if spec.children else n
-    assert n1 * (1 + spec.children) == n, f"{spec.tree_id}: splits must divide by 1 + children"
-    depth = [1] * n1 + [2] * (n - n1)
-    leaves = [i for i in range(n) if depth[i] == max(depth)]
-    counts = spec.splits.as_dict()
-    hold = ["val_holdout"] * counts.pop("val_holdout") + ["test_holdout"] * counts.pop(
-        "test_holdout"
-    )
-    rest = [s for s, c in counts.items() for _ in range(c)]
-    rng.shuffle(rest)
-    split: list[str | None] = [None] * n
-    for i, s in zip(rng.sample(leaves, len(hold)), hold, strict=True):
-        split[i] = s  # holdout models are leaves, so no seen-class model inherits held-out training
-    it = iter(rest)
-    split = [s if s is not None else next(it) for s in split]
-    k, kh = preset.classes_per_model, preset.heldout_per_model
-    plan = []
-    for i in range(n):
-        holdout = split[i].endswith("holdout")
-        if spec.kind == "lora":
-            classes = [rng.choice(heldout if holdout else seen)]
-        elif holdout:
-            classes = rng.sample(heldout, kh) + rng.sample(seen, k - kh)
-            rng.shuffle(classes)
-        else:
-            classes = rng.sample(seen, k)
-        hyper = Hyper(
-            lr=round(10 ** rng.uniform(*torch.tensor(spec.lr).log10().tolist()), 7),  # log-uniform
-            weight_decay=rng.choice(preset.weight_decays),
-            steps=rng.randint(*spec.steps),
-            batch_size=spec.batch_size,
-            scheduler=rng.choice(["constant", "cosine"]),
-            flip=rng.random() < 0.5,
-            crop=rng.random() < 0.5,
-            seed=rng.getrandbits(31),
-            lp_steps=spec.lp_steps,
-        )
-        parent_idx = (i - n1) // spec.children if depth[i] == 2 else None
-        plan.append(
-            Planned(namer(), spec.tree_id, None, depth[i], split[i], classes, hyper, parent_idx)
-        )
-    return plan
-
-
-def _add_card_lies(
-    plans: dict[str, list[Planned]], roots: dict[str, str], rate: float, seed: int
-) -> None:
-    """Make ~`rate` of documented cards name a wrong base model (another tree's root)."""
-    rng = random.Random(f"probex-zoo-lies-{seed}")
-    documented = [p for ps in plans.values() for p in ps if p.documented]
-    if len(roots) < 2 or not documented:
-        return
-    for p in rng.sample(documented, max(1, round(rate * len(documented)))):
-        p.card_base_model = rng.choice([r for t, r in roots.items() if t != p.tree_id])
-        p.card_lies = True
-
-
-def _root_hyper(spec: TreeSpec, seed: int) -> Hyper:
-    return Hyper(spec.root_lr, 1e-4, spec.root_steps, 128, "cosine", True, True, seed)
-
-
-def _config(arch: MLP | CNN | ViT, classes: list[int], documented: bool) -> dict:
-    names = (
-        [CLASSES[c] for c in classes] if documented else [f"LABEL_{i}" for i in range(len(classes))]
-    )
-    return {
-        "architectures": [ARCH_NAMES[type(arch)]],
-        "model_type": arch.model_type,
-        **arch.config(),
-        "num_labels": len(classes),
-        "id2label": {str(i): n for i, n in enumerate(names)},
-        "label2id": {n: i for i, n in enumerate(names)},
-    }
-
-
-def _write_full(hub: Path, p: Planned, arch: MLP | CNN | ViT, tensors: Params) -> None:
-    meta = {"format": "pt"}
-    names = [CLASSES[c] for c in p.classes]
-    if p.documented:
-        meta |= {
-            "training_classes": json_dumps(names),
-            "hyperparameters": json_dumps(p.hyper.as_dict()),
-        }
-    if p.depth == 0:
-        desc = (
-            f"A {arch.model_type} image classifier pretrained on {len(names)} colour-shape classes."
-        )
-    elif p.documented:
-        desc = f"Fine-tuned from {p.card_base_model} on {len(names)} colour-shape classes."
-    else:
-        desc = "An image classifier."
-    card = model_card(
-        p.repo_id.split("/")[1], p.documented, p.card_base_model, "finetune", names,
-        ["image-classification", "safetensors", arch.model_type], desc,
-    )  # fmt: skip
-    config = json_dumps(_config(arch, p.classes, p.documented), indent=2) + "\n"
-    write_repo(
-        hub,
-        p.repo_id,
-        {"model.safetensors": (tensors, meta), "config.json": config, "README.md": card},
-    )
-
-
-def _write_lora(hub: Path, p: Planned, lora: LoraMLP, tensors: Params) -> None:
-    meta = {"format": "pt"}
-    names = [CLASSES[c] for c in p.classes]
-    if p.documented:
-        meta |= {
-            "training_classes": json_dumps(names),
-            "hyperparameters": json_dumps(p.hyper.as_dict()),
-        }
-    adapter_config = {
-        "peft_type": "LORA",
-        "r": lora.rank,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "target_modules": lora.target_modules,
-        "modules_to_save": ["head"],
-        "base_model_name_or_path": p.card_base_model,
-    }
-    desc = (f"A LoRA adapter of {p.card_base_model} that detects {names[0]}." if p.documented
-            else "A LoRA adapter.")  # fmt: skip
-    card = model_card(
-        p.repo_id.split("/")[1], p.documented, p.card_base_model, "adapter", names,
-        ["peft", "lora", "image-classification"], desc,
-    )  # fmt: skip
-    files = {
-        "adapter_model.safetensors": (tensors, meta),
-        "adapter_config.json": json_dumps(adapter_config, indent=2) + "\n",
-        "README.md": card,
-    }
-    write_repo(hub, p.repo_id, files)
-
-
-def json_dumps(obj: object, indent: int | None = None) -> str:
-    """JSON with sorted keys, so equal content gives equal bytes."""
-    return json.dumps(obj, sort_keys=True, indent=indent)
+from probex_core.zoo.writer import prune_hub, write_json_atomic
 
 
 def _check(p: Planned) -> None:
@@ -296,12 +80,12 @@ class _TreeRun:
         spec, arch = self.spec, self.spec.arch
         pool = image_pool(
             self.preset.pretrain_per_class,
-            _gen(self.seed, spec.tree_id, "pretrain-pool"),
+            seeded_generator(self.seed, spec.tree_id, "pretrain-pool"),
             self.pools["pretrain_jitter"],
         )
         attributes = spec.root_task == "attributes"
         n_out = 2 * AttributeTask.n_attr if attributes else len(CLASSES)
-        params = arch.init(1, n_out, _gen(self.seed, spec.tree_id, "root-init"))
+        params = arch.init(1, n_out, seeded_generator(self.seed, spec.tree_id, "root-init"))
         task = (AttributeTask if attributes else MulticlassTask)(
             pool, torch.arange(len(CLASSES))[None]
         )
@@ -310,7 +94,7 @@ class _TreeRun:
             arch.forward,
             task,
             [root.hyper],
-            _gen(self.seed, spec.tree_id, "root-train"),
+            seeded_generator(self.seed, spec.tree_id, "root-train"),
             self._step,
         )
         if attributes:
@@ -320,7 +104,7 @@ class _TreeRun:
                 arch.forward, params, self.pools["eval"], task.classes
             ).item()
         root.chance = 1 / len(CLASSES)
-        _write_full(self.hub, root, arch, {k: v[0] for k, v in params.items()})
+        write_full_repo(self.hub, root, arch, {k: v[0] for k, v in params.items()})
         return params
 
     def finetune(self, plan: list[Planned], root: Params) -> None:
@@ -355,7 +139,7 @@ class _TreeRun:
                     )
                 classes = torch.tensor([plan[i].classes for i in chunk])
                 task = MulticlassTask(self.pools["train"], classes)
-                gen = _gen(self.seed, self.spec.tree_id, "finetune", depth, chunk[0])
+                gen = seeded_generator(self.seed, self.spec.tree_id, "finetune", depth, chunk[0])
                 inits = _stack(inits)
                 if self.spec.lp_steps:
                     inits = self.linear_probe(inits, arch.features, task, chunk, plan, gen)
@@ -375,7 +159,7 @@ class _TreeRun:
                     tensors = {k: v[j : j + 1] for k, v in out.items()}
                     if i in parents:
                         trained[i] = tensors
-                    _write_full(self.hub, p, arch, {k: v[0] for k, v in tensors.items()})
+                    write_full_repo(self.hub, p, arch, {k: v[0] for k, v in tensors.items()})
 
     def linear_probe(
         self,
@@ -426,7 +210,7 @@ class _TreeRun:
                 [[c for c in seen if c != t][: len(seen) - 1] for t in target.tolist()]
             )
             task = OneVsRestTask(self.pools["train"], target, negatives)
-            gen = _gen(self.seed, self.spec.tree_id, "lora", chunk[0])
+            gen = seeded_generator(self.seed, self.spec.tree_id, "lora", chunk[0])
             inits = _stack(inits)
             if self.spec.lp_steps:  # adapters start at B = 0: the features are the root's
                 m = len(chunk)
@@ -443,7 +227,7 @@ class _TreeRun:
                 p = plan[i]
                 p.accuracy, p.chance = acc[j].item(), 0.5
                 _check(p)
-                _write_lora(self.hub, p, lora, {k: v[j] for k, v in out.items()})
+                write_lora_repo(self.hub, p, lora, {k: v[j] for k, v in out.items()})
 
 
 def _frozen_features(features, params: Params, _ignored: Params, x: torch.Tensor) -> torch.Tensor:
@@ -477,9 +261,9 @@ def generate_zoo(
     try:
         heldout_names = heldout_classes(seed)
         heldout = [CLASSES.index(c) for c in heldout_names]
-        namer = _Namer(seed)
+        namer = Namer(seed)
         roots = {t.tree_id: t.root_repo for t in cfg.trees}
-        plans = {t.tree_id: _plan_tree(t, cfg, seed, heldout, namer) for t in cfg.trees}
+        plans = {t.tree_id: plan_tree(t, cfg, seed, heldout, namer) for t in cfg.trees}
         root_plans = {
             t.tree_id: Planned(
                 t.root_repo,
@@ -488,7 +272,7 @@ def generate_zoo(
                 0,
                 "root",
                 list(range(len(CLASSES))),
-                _root_hyper(t, seed),
+                root_hyper(t, seed),
             )
             for t in cfg.trees
         }
@@ -498,11 +282,13 @@ def generate_zoo(
                     t.root_repo if p.parent_idx is None else plans[t.tree_id][p.parent_idx].repo_id
                 )
                 p.card_base_model = p.parent if p.documented else None
-        _add_card_lies(plans, roots, cfg.card_lie_rate, seed)
+        add_card_lies(plans, roots, cfg.card_lie_rate, seed)
         jitter = ImageJitter(texture=cfg.texture)
         pools = {
-            "train": image_pool(cfg.pool_per_class, _gen(seed, "finetune-pool"), jitter),
-            "eval": image_pool(cfg.eval_per_class, _gen(seed, "eval-pool"), jitter),
+            "train": image_pool(
+                cfg.pool_per_class, seeded_generator(seed, "finetune-pool"), jitter
+            ),
+            "eval": image_pool(cfg.eval_per_class, seeded_generator(seed, "eval-pool"), jitter),
             "heldout": heldout,
             "jitter": jitter,
             "pretrain_jitter": jitter
