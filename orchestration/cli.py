@@ -29,6 +29,7 @@ def _home(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from assets.experts import ExpertTraining
     from orchestration.runner import ensure_default_hub, run_all
     from probex_core.env import hub_from_env
 
@@ -37,8 +38,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     quick = hub is None and args.zoo == "tiny"
     hub = hub or str(ensure_default_hub(home, args.zoo, args.seed))
     epochs = args.epochs or (QUICK_EPOCHS if quick else None)
-    config = {"epochs": epochs} if epochs else None
-    run_all(home, hub, expert_config=config, force=args.force)
+    training = ExpertTraining(epochs=epochs) if epochs else None
+    run_all(home, hub, training=training, force=args.force)
     print(_summary(home))
     return 0
 

@@ -14,7 +14,7 @@ import dagster as dg
 
 from assets._common import PROGRESS_ENV
 from assets.evaluation import evaluations, model_predictions
-from assets.experts import tree_experts
+from assets.experts import ExpertTraining, tree_experts
 from assets.hub import hub_repos
 from assets.layers import tree_layers
 from assets.partitions import register_trees
@@ -49,13 +49,16 @@ def instance_for(home: Home) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home.dagster_home))
 
 
+QUIET = {"console": {"config": {"log_level": "WARNING"}}}  # the run's own lines only
+
+
 def _step(n: int, total: int, text: str) -> float:
     print(f"[{n}/{total}] {text}", flush=True)
     return time.perf_counter()
 
 
 def run_all(
-    home: Home, hub_spec: str, expert_config: dict | None = None, force: bool = False
+    home: Home, hub_spec: str, training: ExpertTraining | None = None, force: bool = False
 ) -> dict:
     """Crawl → trees → (stale) layers and experts per tree → predictions → evaluations."""
     assets = [
@@ -70,18 +73,16 @@ def run_all(
     if swept:
         print(f"      removed {len(swept)} partial files an interrupted run left", flush=True)
     atomic_write_json(home.root / "run.json", {"hub": hub_spec})
-    run_config = {"ops": {"tree_experts": {"config": expert_config}}} if expert_config else None
+    run_config = dg.RunConfig(ops={"tree_experts": training}) if training else None
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []
 
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-    def materialize(run_config: dict | None = None, **kwargs) -> None:
+    def materialize(run_config: dg.RunConfig | None = None, **kwargs) -> None:
         result = dg.materialize(
             assets,
             instance=instance,
             resources=resources,
-            run_config={**quiet, **(run_config or {})},
+            run_config=dg.RunConfig(ops=run_config.ops if run_config else {}, loggers=QUIET),
             **kwargs,
         )
         checks.extend(result.get_asset_check_evaluations())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from assets.experts import ExpertTraining
 from probex_core.catalog import Home
 
 
@@ -58,7 +59,7 @@ def built(tiny_hub_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     os.environ["PROBEX_PROGRESS_EVERY"] = "0"  # every progress line, whatever the speed
     try:
         with contextlib.redirect_stdout(out):
-            result = run_all(home, str(tiny_hub_copy / "hub"), expert_config=FAST)
+            result = run_all(home, str(tiny_hub_copy / "hub"), training=ExpertTraining(**FAST))
     finally:
         if saved is None:
             os.environ.pop("PROBEX_PROGRESS_EVERY")

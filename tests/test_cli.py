@@ -158,8 +158,8 @@ def recorded_run(monkeypatch, tmp_path):
         calls["default_hub"].append((preset, seed))
         return tmp_path / f"zoo-{preset}" / "hub"
 
-    def run_all(home, hub, expert_config=None, force=False):
-        calls["run"].append((hub, expert_config, force))
+    def run_all(home, hub, training=None, force=False):
+        calls["run"].append((hub, training and training.epochs, force))
         return {}
 
     monkeypatch.setattr(runner, "ensure_default_hub", default_hub)
@@ -179,8 +179,8 @@ def test_run_picks_its_hub_and_training_length(recorded_run, monkeypatch) -> Non
     assert calls["default_hub"] == [("default", 0), ("tiny", 0), ("tiny", 3)]
     assert calls["run"] == [
         (str(tmp / "zoo-default" / "hub"), None, False),
-        (str(tmp / "zoo-tiny" / "hub"), {"epochs": 100}, False),
-        (str(tmp / "zoo-tiny" / "hub"), {"epochs": 7}, False),
+        (str(tmp / "zoo-tiny" / "hub"), 100, False),
+        (str(tmp / "zoo-tiny" / "hub"), 7, False),
         ("/some/hub", None, True),
         ("/env/hub", None, False),
     ]

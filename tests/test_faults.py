@@ -20,10 +20,11 @@ from tests.conftest import SHORT
 ROOT = Path(__file__).resolve().parents[1]
 RUN = f"""
 import sys
+from assets.experts import ExpertTraining
 from orchestration.runner import run_all
 from probex_core.catalog import Home
 
-result = run_all(Home(sys.argv[1]), sys.argv[2], expert_config={SHORT!r})
+result = run_all(Home(sys.argv[1]), sys.argv[2], training=ExpertTraining(**{SHORT!r}))
 sys.exit(0 if all(result["checks"].values()) else 3)
 """
 

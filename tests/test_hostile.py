@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from assets.experts import ExpertTraining
 from probex_core.catalog import Home, query
 from probex_core.hub import LocalHubSource, crawl_all
 from tests.conftest import FAST
@@ -224,7 +225,7 @@ def test_a_run_through_the_corpus_loses_no_good_model(hostile, built, size_limit
 
     hub, outside, expect = hostile
     home = Home(tmp_path / "home")
-    result = run_all(home, str(hub), expert_config=FAST)
+    result = run_all(home, str(hub), training=ExpertTraining(**FAST))
     assert all(result["checks"].values()), result["checks"]
     rej = query(home, "SELECT repo_id, path, reason, stage FROM rejected_repos")
     got = {r.repo_id: r for r in rej.itertuples()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from assets.experts import ExpertTraining
 from bench.modelj_fixture import ModelJSizes, write_modelj
 from probex_core.catalog import Home, query
 from probex_core.classnames import class_name, imagenet_names
@@ -35,7 +36,7 @@ def run(download, tmp_path_factory):
 
     out, truth = download
     home = Home(tmp_path_factory.mktemp("modelj-home"))
-    result = run_all(home, str(out), expert_config=SHORT)
+    result = run_all(home, str(out), training=ExpertTraining(**SHORT))
     return home, result, truth
 
 
@@ -199,7 +200,7 @@ def test_the_layer_screen_finds_the_layer_an_even_spread_misses(tmp_path: Path) 
     assert len(every) == 24 and signal not in _even(every, 6)
 
     home = Home(tmp_path / "home")
-    run_all(home, str(tmp_path / "mj" / "SupViT"), expert_config=SHORT)
+    run_all(home, str(tmp_path / "mj" / "SupViT"), training=ExpertTraining(**SHORT))
     (index,) = [
         json.loads(p.read_text()) for p in (home.artifacts / "layers").glob("*/layers.json")
     ]

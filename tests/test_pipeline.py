@@ -20,6 +20,7 @@ import requests
 import torch
 from safetensors.torch import load_file, save_file
 
+from assets.experts import ExpertTraining
 from probex_core import pipeline
 from probex_core.catalog import Home, load_sql, query, read_table
 from tests.conftest import FAST, SHORT
@@ -262,7 +263,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     zoo = tmp_path / "zoo"
     shutil.copytree(tiny_hub_copy, zoo)
     home = Home(tmp_path / "home")
-    first = run_all(home, str(zoo / "hub"), expert_config=SHORT)
+    first = run_all(home, str(zoo / "hub"), training=ExpertTraining(**SHORT))
     trees = sorted(first["built"])
     assert len(trees) >= 3
 
@@ -288,7 +289,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     }
     save_file(tensors, str(weights), metadata=meta)
 
-    second = run_all(home, str(zoo / "hub"), expert_config=SHORT)
+    second = run_all(home, str(zoo / "hub"), training=ExpertTraining(**SHORT))
     assert len(second["built"]) == 1, second["built"]
     changed = second["built"][0]
     counts = _materialisations(instance_for(home), "tree_experts")
@@ -302,7 +303,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     )
 
     recovered = (home.artifacts / "trees.json").stat().st_mtime_ns
-    third = run_all(home, str(zoo / "hub"), expert_config=SHORT)
+    third = run_all(home, str(zoo / "hub"), training=ExpertTraining(**SHORT))
     assert third["built"] == [], "an unchanged hub rebuilds nothing"
     # not even its trees: the recovery of the same crawled records is kept as it was
     assert (home.artifacts / "trees.json").stat().st_mtime_ns == recovered
