@@ -169,9 +169,11 @@ def extract_layers(
     max_layers: int = 6,
     progress: Progress | None = None,
 ) -> StepReport:
+    """Choose a tree's candidate layers, read them from every member (dropping, with its
+    reason, a member whose layers cannot be read or are not finite), and write one stack per
+    layer, measured from each member's recovered parent, with the tree's `layers.json`."""
     records = load_records(home)
-    ids = tree_members(home, tree_id)
-    recs = [records[i] for i in ids]
+    recs = [records[i] for i in tree_members(home, tree_id)]
     members = read_table(home, "tree_members")
     mine = members[members.tree_id == tree_id]
     root = mine.loc[mine.is_root.astype(bool), "repo_id"]
@@ -183,22 +185,8 @@ def extract_layers(
     lora = any(r.kind == "lora" for r in recs)
     if lora:
         recs = [r for r in recs if r.kind == "lora"]
-    shapes = {r.repo_id: r.tensor_shapes() for r in recs}
-    layers = candidate_layers(shapes, MAX_SCREENED)
-    if not layers:
-        raise ValueError(f"tree {tree_id}: its members share no 2-D layer")
-    if progress is not None and len(layers) > max_layers:
-        progress(f"layers: screening {len(layers)} candidate layers on labelled models")
-    screen = (
-        screen_layers(home, source, recs, layers, None if lora else root_id)
-        if len(layers) > max_layers
-        else {}
-    )
-    if screen:  # the best by the screen, kept in depth order
-        best = set(sorted(screen, key=screen.__getitem__, reverse=True)[:max_layers])
-        layers = {n: s for n, s in layers.items() if n in best}
-    else:
-        layers = {n: layers[n] for n in _even(list(layers), max_layers)}
+    layers, screen = _choose_layers(home, source, tree_id, recs, None if lora else root_id,
+                                    max_layers, progress)  # fmt: skip
     stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     kept, rejected = [], []
     tick = Ticker(progress)
@@ -215,22 +203,12 @@ def extract_layers(
     write_rejected(home, layers_part(tree_id), "layers", rejected)
     if not kept:
         raise ValueError(f"tree {tree_id}: every member was rejected ({rejected[0].reason})")
-    recs = kept
-    store = TreeLayers(home, tree_id)
-    store.dir.mkdir(parents=True, exist_ok=True)
-    repo_ids = [r.repo_id for r in recs]
+    repo_ids = [r.repo_id for r in kept]
     relative = not lora and root_id in repo_ids
-    ref_ids, ref_of = member_references(repo_ids, parents, root_id) if relative else ([], [])
-    for n, mats in stacks.items():
-        X = torch.stack(mats)
-        reference = None
-        if relative:
-            R = X[[repo_ids.index(r) for r in ref_ids]]
-            write_layer_stack(store.reference_path(n), ref_ids, R)
-            reference = R[ref_of]
-        write_layer_stack(store.stack_path(n), repo_ids, layer_transform(X, reference))
+    ref_ids = _write_stacks(TreeLayers(home, tree_id), repo_ids, stacks, parents,
+                            root_id if relative else None)  # fmt: skip
     version = tree_version(home, tree_id)
-    store.write_index(
+    TreeLayers(home, tree_id).write_index(
         {
             "tree_id": tree_id,
             "repo_ids": repo_ids,
@@ -254,6 +232,40 @@ def extract_layers(
         },
         data_version=version,
     )
+
+
+def _choose_layers(home, source, tree_id, recs, root_id, max_layers, progress):
+    """The layers to extract: every 2-D layer the members share, cut to `max_layers` by the
+    ridge screen on labelled models when there are more (kept in depth order), else spread
+    evenly over depth. Returns ({layer: shape}, the screen's scores)."""
+    layers = candidate_layers({r.repo_id: r.tensor_shapes() for r in recs}, MAX_SCREENED)
+    if not layers:
+        raise ValueError(f"tree {tree_id}: its members share no 2-D layer")
+    if len(layers) <= max_layers:
+        return {n: layers[n] for n in _even(list(layers), max_layers)}, {}
+    if progress is not None:
+        progress(f"layers: screening {len(layers)} candidate layers on labelled models")
+    screen = screen_layers(home, source, recs, layers, root_id)
+    if not screen:
+        return {n: layers[n] for n in _even(list(layers), max_layers)}, {}
+    best = set(sorted(screen, key=screen.__getitem__, reverse=True)[:max_layers])
+    return {n: s for n, s in layers.items() if n in best}, screen
+
+
+def _write_stacks(store: TreeLayers, repo_ids, stacks, parents, root_id) -> list[str]:
+    """One stack per layer; with a root, each member measured from its recovered parent and
+    the references written beside it. Returns the reference repo ids (root first)."""
+    store.dir.mkdir(parents=True, exist_ok=True)
+    ref_ids, ref_of = member_references(repo_ids, parents, root_id) if root_id else ([], [])
+    for n, mats in stacks.items():
+        X = torch.stack(mats)
+        reference = None
+        if root_id:
+            R = X[[repo_ids.index(r) for r in ref_ids]]
+            write_layer_stack(store.reference_path(n), ref_ids, R)
+            reference = R[ref_of]
+        write_layer_stack(store.stack_path(n), repo_ids, layer_transform(X, reference))
+    return ref_ids
 
 
 def member_layers(

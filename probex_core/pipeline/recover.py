@@ -172,21 +172,7 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
     members = frame(recovery.model_rows(), "tree_members")
     write_table(home, "tree_members", members)
 
-    rows = []
-    for t in recovery.trees.values():
-        ids = recovery.members(t.tree_id)
-        rows.append(
-            {
-                "tree_id": t.tree_id,
-                "root_repo": t.root,
-                "kind": t.kind,
-                "signature": t.signature,
-                "size": t.size,
-                "n_documented": sum(records[i].documented for i in ids),
-                "fingerprint": digest(sorted(records[i].fingerprint for i in ids)),
-            }
-        )
-    write_table(home, "tree_summary", frame(rows, "tree_summary"))
+    write_table(home, "tree_summary", frame(_tree_rows(recovery, records), "tree_summary"))
     dis = frame(
         [{k: d[k] for k in columns("card_disagreements")} for d in recovery.disagreement_rows()],
         "card_disagreements",
@@ -213,6 +199,25 @@ def recover(home: Home, source: HubSource, progress: Progress | None = None) -> 
         },
     )
     return _report(home, {**summary, "reused": False})
+
+
+def _tree_rows(recovery, records: dict[str, RepoRecord]) -> list[dict]:
+    """One `tree_summary` row per recovered tree; its fingerprint is its members'."""
+    rows = []
+    for t in recovery.trees.values():
+        ids = recovery.members(t.tree_id)
+        rows.append(
+            {
+                "tree_id": t.tree_id,
+                "root_repo": t.root,
+                "kind": t.kind,
+                "signature": t.signature,
+                "size": t.size,
+                "n_documented": sum(records[i].documented for i in ids),
+                "fingerprint": digest(sorted(records[i].fingerprint for i in ids)),
+            }
+        )
+    return rows
 
 
 def _report(home: Home, summary: dict) -> StepReport:

@@ -27,6 +27,7 @@ from probex_core.zoo.plan import (
 )
 from probex_core.zoo.presets import PRESETS, TreeSpec, ZooPreset
 from probex_core.zoo.repos import write_full_repo, write_lora_repo
+from probex_core.zoo.summary import format_summary, summarise
 from probex_core.zoo.trainer import (
     AttributeTask,
     Hyper,
@@ -261,85 +262,16 @@ def generate_zoo(
     try:
         heldout_names = heldout_classes(seed)
         heldout = [CLASSES.index(c) for c in heldout_names]
-        namer = Namer(seed)
-        roots = {t.tree_id: t.root_repo for t in cfg.trees}
-        plans = {t.tree_id: plan_tree(t, cfg, seed, heldout, namer) for t in cfg.trees}
-        root_plans = {
-            t.tree_id: Planned(
-                t.root_repo,
-                t.tree_id,
-                None,
-                0,
-                "root",
-                list(range(len(CLASSES))),
-                root_hyper(t, seed),
-            )
-            for t in cfg.trees
-        }
-        for t in cfg.trees:
-            for p in plans[t.tree_id]:
-                p.parent = (
-                    t.root_repo if p.parent_idx is None else plans[t.tree_id][p.parent_idx].repo_id
-                )
-                p.card_base_model = p.parent if p.documented else None
-        add_card_lies(plans, roots, cfg.card_lie_rate, seed)
-        jitter = ImageJitter(texture=cfg.texture)
-        pools = {
-            "train": image_pool(
-                cfg.pool_per_class, seeded_generator(seed, "finetune-pool"), jitter
-            ),
-            "eval": image_pool(cfg.eval_per_class, seeded_generator(seed, "eval-pool"), jitter),
-            "heldout": heldout,
-            "jitter": jitter,
-            "pretrain_jitter": jitter
-            if cfg.pretrain_texture is None
-            else ImageJitter(texture=cfg.pretrain_texture),
-        }
-        total = sum(
-            t.root_steps + sum(p.hyper.steps + p.hyper.lp_steps for p in plans[t.tree_id])
-            for t in cfg.trees
-        )
-        tree_times = {}
-        with tqdm(
-            total=total, unit="model-step", disable=not progress, smoothing=0.05, mininterval=1.0
-        ) as bar:
-            for t in cfg.trees:
-                start = time.perf_counter()
-                bar.set_description(t.tree_id)
-                run = _TreeRun(t, cfg, seed, pools, hub, bar)
-                root = run.pretrain(root_plans[t.tree_id])
-                if t.kind == "lora":
-                    run.lora(plans[t.tree_id], root)
-                else:
-                    run.finetune(plans[t.tree_id], root)
-                tree_times[t.tree_id] = time.perf_counter() - start
+        root_plans, plans = _plan(cfg, seed, heldout)
+        pools = _pools(cfg, seed, heldout)
+        tree_times = _train_trees(cfg, seed, pools, hub, root_plans, plans, progress)
     finally:
         torch.use_deterministic_algorithms(det)
         torch.set_num_threads(n_threads)
-    rows = []
-    for t in cfg.trees:
-        rows.append(root_plans[t.tree_id].manifest_row())
-        rows.extend(p.manifest_row() for p in plans[t.tree_id])
-    manifest = {
-        "preset": cfg.name,
-        "seed": seed,
-        "classes": list(CLASSES),
-        "heldout_classes": heldout_names,
-        "trees": [
-            {
-                "tree_id": t.tree_id,
-                "architecture": t.arch.model_type,
-                "root_repo": t.root_repo,
-                "kind": t.kind,
-                "multi_level": t.children > 0,
-            }
-            for t in cfg.trees
-        ],  # fmt: skip
-        "models": rows,
-    }
-    prune_hub(hub, {r["repo_id"] for r in rows})
+    manifest = _manifest(cfg, seed, heldout_names, root_plans, plans)
+    prune_hub(hub, {r["repo_id"] for r in manifest["models"]})
     write_json_atomic(out / "manifest.json", manifest)
-    summary = _summary(cfg, seed, plans, root_plans, tree_times, time.perf_counter() - t0)
+    summary = summarise(cfg, seed, plans, root_plans, tree_times, time.perf_counter() - t0)
     summary["torch_threads"] = threads or n_threads
     write_json_atomic(out / "summary.json", summary)
     if progress:
@@ -347,47 +279,87 @@ def generate_zoo(
     return summary
 
 
-def _summary(
-    cfg: ZooPreset, seed: int, plans: dict, roots: dict, times: dict, seconds: float
-) -> dict:
-    trees = []
+def _plan(
+    cfg: ZooPreset, seed: int, heldout: list[int]
+) -> tuple[dict[str, Planned], dict[str, list[Planned]]]:
+    """Every tree's root and fine-tunes, with parents, card claims and card lies."""
+    namer = Namer(seed)
+    roots = {t.tree_id: t.root_repo for t in cfg.trees}
+    plans = {t.tree_id: plan_tree(t, cfg, seed, heldout, namer) for t in cfg.trees}
+    root_plans = {
+        t.tree_id: Planned(
+            t.root_repo, t.tree_id, None, 0, "root", list(range(len(CLASSES))), root_hyper(t, seed)
+        )
+        for t in cfg.trees
+    }
     for t in cfg.trees:
-        ps = plans[t.tree_id]
-        acc = [p.accuracy for p in ps]
-        trees.append({
-            "tree_id": t.tree_id,
-            "kind": t.kind,
-            "architecture": t.arch.model_type,
-            "models": len(ps) + 1,
-            "splits": {s: sum(p.split == s for p in ps) for s in t.splits.as_dict()},
-            "undocumented": sum(not p.documented for p in ps),
-            "root_accuracy": round(roots[t.tree_id].accuracy, 4),
-            "finetune_accuracy_mean": round(sum(acc) / len(acc), 4),
-            "finetune_accuracy_min": round(min(acc), 4),
-            "chance": round(sum(p.chance for p in ps) / len(ps), 4),
-            "seconds": round(times[t.tree_id], 1),
-        })  # fmt: skip
+        for p in plans[t.tree_id]:
+            p.parent = (
+                t.root_repo if p.parent_idx is None else plans[t.tree_id][p.parent_idx].repo_id
+            )
+            p.card_base_model = p.parent if p.documented else None
+    add_card_lies(plans, roots, cfg.card_lie_rate, seed)
+    return root_plans, plans
+
+
+def _pools(cfg: ZooPreset, seed: int, heldout: list[int]) -> dict:
+    """The image pools fine-tunes train and are scored on, and the jitters that draw them."""
+    jitter = ImageJitter(texture=cfg.texture)
     return {
-        "preset": cfg.name,
-        "seed": seed,
-        "trees": trees,
-        "n_trees": len(trees),
-        "n_models": sum(t["models"] for t in trees),
-        "n_undocumented": sum(t["undocumented"] for t in trees),
-        "seconds": round(seconds, 1),
+        "train": image_pool(cfg.pool_per_class, seeded_generator(seed, "finetune-pool"), jitter),
+        "eval": image_pool(cfg.eval_per_class, seeded_generator(seed, "eval-pool"), jitter),
+        "heldout": heldout,
+        "jitter": jitter,
+        "pretrain_jitter": jitter
+        if cfg.pretrain_texture is None
+        else ImageJitter(texture=cfg.pretrain_texture),
     }
 
 
-def format_summary(s: dict) -> str:
-    """The table printed at the end of `probex zoo generate`."""
-    lines = [
-        f"zoo {s['preset']!r} seed {s['seed']}: {s['n_trees']} trees, {s['n_models']} models "
-        f"({s['n_undocumented']} undocumented) in {s['seconds']:.0f} s",
-        f"{'tree':<8} {'kind':<5} {'arch':<8} {'models':>6} {'root acc':>8} {'ft mean':>8} {'ft min':>7} {'chance':>7} {'time s':>7}",
+def _train_trees(cfg, seed, pools, hub, root_plans, plans, progress: bool) -> dict[str, float]:
+    """Pretrain each root, then fine-tune (or adapt) its descendants; seconds per tree."""
+    total = sum(
+        t.root_steps + sum(p.hyper.steps + p.hyper.lp_steps for p in plans[t.tree_id])
+        for t in cfg.trees
+    )
+    tree_times = {}
+    with tqdm(
+        total=total, unit="model-step", disable=not progress, smoothing=0.05, mininterval=1.0
+    ) as bar:
+        for t in cfg.trees:
+            start = time.perf_counter()
+            bar.set_description(t.tree_id)
+            run = _TreeRun(t, cfg, seed, pools, hub, bar)
+            root = run.pretrain(root_plans[t.tree_id])
+            if t.kind == "lora":
+                run.lora(plans[t.tree_id], root)
+            else:
+                run.finetune(plans[t.tree_id], root)
+            tree_times[t.tree_id] = time.perf_counter() - start
+    return tree_times
+
+
+def _manifest(cfg: ZooPreset, seed: int, heldout_names, root_plans, plans) -> dict:
+    """The ground truth, kept outside the hub: trees, and every model's row."""
+    rows = []
+    for t in cfg.trees:
+        rows.append(root_plans[t.tree_id].manifest_row())
+        rows.extend(p.manifest_row() for p in plans[t.tree_id])
+    trees = [
+        {
+            "tree_id": t.tree_id,
+            "architecture": t.arch.model_type,
+            "root_repo": t.root_repo,
+            "kind": t.kind,
+            "multi_level": t.children > 0,
+        }
+        for t in cfg.trees
     ]
-    for t in s["trees"]:
-        lines.append(
-            f"{t['tree_id']:<8} {t['kind']:<5} {t['architecture']:<8} {t['models']:>6} {t['root_accuracy']:>8.3f} "
-            f"{t['finetune_accuracy_mean']:>8.3f} {t['finetune_accuracy_min']:>7.3f} {t['chance']:>7.3f} {t['seconds']:>7.1f}"
-        )
-    return "\n".join(lines)
+    return {
+        "preset": cfg.name,
+        "seed": seed,
+        "classes": list(CLASSES),
+        "heldout_classes": heldout_names,
+        "trees": trees,
+        "models": rows,
+    }
