@@ -208,11 +208,15 @@ class ExpertMeta:
 
 
 @dataclass(frozen=True)
-class TreeLayers:
-    """A tree's extracted layers."""
+class _TreeFiles:
+    """One tree's directory of one kind under a home."""
 
     home: Home
     tree_id: str
+
+
+class TreeLayers(_TreeFiles):
+    """A tree's extracted layers."""
 
     @property
     def dir(self) -> Path:
@@ -257,12 +261,8 @@ class TreeLayers:
             return stack.read(slice(0, len(stack)))
 
 
-@dataclass(frozen=True)
-class TreeExperts:
+class TreeExperts(_TreeFiles):
     """A tree's trained experts."""
-
-    home: Home
-    tree_id: str
 
     @property
     def dir(self) -> Path:

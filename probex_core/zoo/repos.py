@@ -25,7 +25,9 @@ def _config(arch: MLP | CNN | ViT, classes: list[int], documented: bool) -> dict
     }
 
 
-def write_full_repo(hub: Path, p: Planned, arch: MLP | CNN | ViT, tensors: Params) -> None:
+def _weights_metadata(p: Planned) -> tuple[dict[str, str], list[str]]:
+    """The safetensors metadata of a planned model (its classes and hyperparameters only when
+    documented) and its class names."""
     meta = {"format": "pt"}
     names = [CLASSES[c] for c in p.classes]
     if p.documented:
@@ -33,6 +35,11 @@ def write_full_repo(hub: Path, p: Planned, arch: MLP | CNN | ViT, tensors: Param
             "training_classes": json_dumps(names),
             "hyperparameters": json_dumps(p.hyper.as_dict()),
         }
+    return meta, names
+
+
+def write_full_repo(hub: Path, p: Planned, arch: MLP | CNN | ViT, tensors: Params) -> None:
+    meta, names = _weights_metadata(p)
     if p.depth == 0:
         desc = (
             f"A {arch.model_type} image classifier pretrained on {len(names)} colour-shape classes."
@@ -54,13 +61,7 @@ def write_full_repo(hub: Path, p: Planned, arch: MLP | CNN | ViT, tensors: Param
 
 
 def write_lora_repo(hub: Path, p: Planned, lora: LoraMLP, tensors: Params) -> None:
-    meta = {"format": "pt"}
-    names = [CLASSES[c] for c in p.classes]
-    if p.documented:
-        meta |= {
-            "training_classes": json_dumps(names),
-            "hyperparameters": json_dumps(p.hyper.as_dict()),
-        }
+    meta, names = _weights_metadata(p)
     adapter_config = {
         "peft_type": "LORA",
         "r": lora.rank,
