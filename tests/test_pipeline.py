@@ -257,15 +257,20 @@ def _materialisations(instance, asset: str) -> dict[str, int]:
     return counts
 
 
-def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
+def test_changing_one_tree_rebuilds_only_that_tree(built, tiny_hub_copy, tmp_path):
+    """On copies of the built home and of its hub (copies keep file times, so every tree's
+    version is unchanged): one new fine-tune rebuilds its tree's experts and no other tree's
+    (materialisations counted per partition), then an unchanged hub rebuilds nothing."""
     from orchestration.runner import instance_for, run_all
 
     zoo = tmp_path / "zoo"
     shutil.copytree(tiny_hub_copy, zoo)
+    src, _ = built
+    shutil.copytree(src.root, tmp_path / "home")
     home = Home(tmp_path / "home")
-    first = run_all(home, str(zoo / "hub"), training=ExpertTraining(**SHORT))
-    trees = sorted(first["built"])
-    assert len(trees) >= 3
+    trees = sorted(pipeline.stale_trees(home).wanted)
+    assert len(trees) >= 3 and pipeline.stale_trees(home).stale == []
+    before = _materialisations(instance_for(home), "tree_experts")
 
     # Add one new fine-tune to one tree: a copy of a documented member, slightly perturbed.
     manifest = json.loads((zoo / "manifest.json").read_text())
@@ -293,8 +298,10 @@ def test_changing_one_tree_rebuilds_only_that_tree(tiny_hub_copy, tmp_path):
     assert len(second["built"]) == 1, second["built"]
     changed = second["built"][0]
     counts = _materialisations(instance_for(home), "tree_experts")
-    assert counts[changed] == 2
-    assert all(n == 1 for t, n in counts.items() if t != changed), counts
+    assert counts[changed] == before[changed] + 1
+    assert {t: n for t, n in counts.items() if t != changed} == {
+        t: n for t, n in before.items() if t != changed
+    }
     assert (
         query(
             home, "SELECT tree_id FROM models WHERE repo_id = 'newcomer/fresh-finetune'"
