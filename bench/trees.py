@@ -174,9 +174,9 @@ def run(quick: bool = False) -> dict:
         "models": len(records),
         "recovery_seconds": recovery.seconds,
         "recovery_target_seconds": 30.0,
-        "ari": scores["ari"],
-        "edge_accuracy": scores["edge_accuracy"],
-        "root_accuracy": scores["root_accuracy"],
+        "ari": scores.ari,
+        "edge_accuracy": scores.edge_accuracy,
+        "root_accuracy": scores.root_accuracy,
         "metadata_records": n_meta,
         "sql_seconds": sql_s,
         "sql_target_seconds": 10.0,
@@ -190,7 +190,7 @@ def run(quick: bool = False) -> dict:
         f"{'tree recovery, ' + str(len(records)) + ' models (s)':<44}{recovery.seconds:>12.2f}{'≤ 30':>10}"
     )
     print(
-        f"{'  ARI / edge acc. / root acc.':<44}{scores['ari']:>6.3f} {scores['edge_accuracy']:.3f} {scores['root_accuracy']:.2f}"
+        f"{'  ARI / edge acc. / root acc.':<44}{scores.ari:>6.3f} {scores.edge_accuracy:.3f} {scores.root_accuracy:.2f}"
     )
     print(
         f"{'declared-edge trees, DuckDB SQL, ' + f'{n_meta:,}' + ' (s)':<44}{sql_s:>12.2f}{'≤ 10':>10}"

@@ -69,10 +69,10 @@ def test_recovery_layers_skip_the_head_and_prefer_lora():
 def test_recovers_members_edges_and_roots(forest):
     records, truth, rec = forest
     scores = score_recovery(rec, truth)
-    assert scores["ari"] == 1.0 and scores["purity"] == 1.0
-    assert scores["n_recovered_trees"] == len(SPECS)
-    assert scores["edge_accuracy"] >= 0.95
-    assert scores["root_accuracy"] == 1.0
+    assert scores.ari == 1.0 and scores.purity == 1.0
+    assert scores.n_recovered_trees == len(SPECS)
+    assert scores.edge_accuracy >= 0.95
+    assert scores.root_accuracy == 1.0
     depths = {m.depth for m in rec.models.values()}
     assert depths == {0, 1, 2}
     assert {t.size for t in rec.trees.values()} == {21, 4, 16}
@@ -115,9 +115,7 @@ def test_kurtosis_direction_is_voted_by_declared_edges_or_read_from_the_root():
     auto = recover_trees(bare)
     assert list(auto.directions.values()) == ["raise"]
     wrong = recover_trees(bare, TreeConfig(kurtosis_direction="lower"))
-    assert (
-        score_recovery(wrong, truth)["edge_accuracy"] < score_recovery(auto, truth)["edge_accuracy"]
-    )
+    assert score_recovery(wrong, truth).edge_accuracy < score_recovery(auto, truth).edge_accuracy
 
 
 def test_adapters_join_the_full_model_they_adapt():
@@ -171,8 +169,8 @@ def test_scores_can_fail():
     rec = recover_trees(records)
     bad = {r: truth[r].__class__("t", None if r.endswith("root") else "x/y") for r in truth}
     s = score_recovery(rec, bad)
-    assert s["ari"] < 1.0 and s["edge_accuracy"] == 0.0
-    assert np.isclose(score_recovery(rec, truth)["ari"], 1.0)
+    assert s.ari < 1.0 and s.edge_accuracy == 0.0
+    assert np.isclose(score_recovery(rec, truth).ari, 1.0)
 
 
 def test_dense_edmonds_matches_networkx_on_random_graphs():
@@ -242,8 +240,8 @@ def test_tiny_zoo_trees_are_recovered_from_weights(zoo_recovery, tiny_zoo):
     records, manifest, rec = zoo_recovery
     truth = truth_from_manifest(tiny_zoo)
     scores = score_recovery(rec, truth)
-    assert scores["n_models"] == len(manifest["models"])  # undocumented models included
-    assert scores["ari"] == 1.0
+    assert scores.n_models == len(manifest["models"])  # undocumented models included
+    assert scores.ari == 1.0
     lora = [t for t in manifest["trees"] if t["kind"] == "lora"]
     for t in lora:
         assert rec.trees[rec.models[t["root_repo"]].tree_id].kind == "lora"
@@ -263,6 +261,6 @@ def test_tiny_zoo_edges_and_roots_are_recovered(zoo_recovery, tiny_zoo):
     _, manifest, rec = zoo_recovery
     scores = score_recovery(rec, truth_from_manifest(tiny_zoo))
     multi = [t["tree_id"] for t in manifest["trees"] if t["multi_level"]]
-    assert multi and all(scores["per_tree"][t]["edge_accuracy"] >= 0.95 for t in multi)
-    assert scores["edge_accuracy"] >= 0.95
-    assert scores["root_accuracy"] == 1.0
+    assert multi and all(scores.per_tree[t].edge_accuracy >= 0.95 for t in multi)
+    assert scores.edge_accuracy >= 0.95
+    assert scores.root_accuracy == 1.0

@@ -34,7 +34,14 @@ from probex_core.schemas import frame
 from probex_core.store import ExpertMeta, TreeExperts, TreeLayers
 from probex_core.text import class_prompts
 from probex_core.train import Calibration, predict_proba
-from probex_core.trees import ModelAssignment, TreeInfo, TreeRecovery, TruthEntry, score_recovery
+from probex_core.trees import (
+    ModelAssignment,
+    RecoveryScores,
+    TreeInfo,
+    TreeRecovery,
+    TruthEntry,
+    score_recovery,
+)
 from probex_core.zeroshot import cosine_scores, multi_hot
 
 HOLDOUT = ("val_holdout", "test_holdout")
@@ -148,7 +155,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     if not truth.models:
         return _finish(home, rows, {"ground_truth": "none"})
     summary = read_table(home, "tree_summary").set_index("tree_id")
-    scores = _recovery_rows(rows, home, truth, summary) if truth.manifest else {}
+    scores = _recovery_rows(rows, home, truth, summary) if truth.manifest else None
     if truth.manifest:
         _routing_rows(rows, home, truth, summary)
     # the weight-language embeddings and search calibration `predict` stored: not recomputed
@@ -167,8 +174,8 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     extra = {}
     if scores:
         extra = {
-            "tree_ari": round(scores["ari"], 4),
-            "edge_accuracy": round(scores["edge_accuracy"], 4),
+            "tree_ari": round(scores.ari, 4),
+            "edge_accuracy": round(scores.edge_accuracy, 4),
         }
     return _finish(home, rows, {"ground_truth": truth.source, **extra})
 
@@ -201,7 +208,7 @@ def _load_truth(home: Home, manifest_path: Path | None) -> _Truth:
     return _Truth(models, heldout, "hub labels of its evaluation splits", None)
 
 
-def _recovery_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> dict:
+def _recovery_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> RecoveryScores | None:
     """Tree recovery against the manifest, hub-wide and per true tree (under the id of the
     recovered tree with the same root; the zoo's own name, e.g. "truth:mlp-a", only when no
     recovered tree has that root)."""
@@ -210,12 +217,12 @@ def _recovery_rows(rows: _Rows, home: Home, truth: _Truth, summary) -> dict:
         {k: TruthEntry(v["tree_id"], v.get("parent")) for k, v in truth.models.items()},
     )
     for key in ("purity", "ari", "edge_accuracy", "root_accuracy"):
-        rows.add("ALL", "mother", f"tree_{key}", scores[key], None, scores["n_models"], "all")
+        rows.add("ALL", "mother", f"tree_{key}", getattr(scores, key), None, scores.n_models, "all")
     ours = {r: t for t, r in summary.root_repo.items()}
     roots = {t["tree_id"]: t["root_repo"] for t in truth.manifest["trees"]}
-    for tt, s in scores["per_tree"].items():
+    for tt, s in scores.per_tree.items():
         tree = ours.get(roots.get(tt), f"truth:{tt}")
-        rows.add(tree, "mother", "tree_edge_accuracy", s["edge_accuracy"], None, s["size"], "all")
+        rows.add(tree, "mother", "tree_edge_accuracy", s.edge_accuracy, None, s.size, "all")
     return scores
 
 

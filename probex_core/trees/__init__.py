@@ -48,7 +48,13 @@ from probex_core.trees.distances import (
     weight_kurtosis,
 )
 from probex_core.trees.recovery import ABSENT, absent_bases, adapter_candidates, recover_trees
-from probex_core.trees.scoring import TruthEntry, score_recovery, truth_from_manifest
+from probex_core.trees.scoring import (
+    RecoveryScores,
+    TreeScore,
+    TruthEntry,
+    score_recovery,
+    truth_from_manifest,
+)
 
 __all__ = [
     "ABSENT",
@@ -72,6 +78,8 @@ __all__ = [
     "pairwise_distances",
     "recover_trees",
     "score_recovery",
+    "RecoveryScores",
+    "TreeScore",
     "trees_from_declared_edges_networkx",
     "trees_from_declared_edges_sql",
     "truth_from_manifest",

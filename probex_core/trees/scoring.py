@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from probex_core.trees.core import TreeRecovery
@@ -19,6 +19,31 @@ class TruthEntry:
     parent: str | None  # true parent repo id; None for a root
 
 
+@dataclass(frozen=True)
+class TreeScore:
+    """One true tree's recovery: its size, the share of its parent edges recovered, and
+    whether its root was."""
+
+    size: int
+    edge_accuracy: float
+    root_correct: bool
+
+
+@dataclass(frozen=True)
+class RecoveryScores:
+    """A recovery against ground truth: clustering (purity, adjusted Rand index), parent
+    edges and roots, hub-wide and per true tree."""
+
+    n_models: int
+    n_true_trees: int
+    n_recovered_trees: int
+    purity: float
+    ari: float
+    edge_accuracy: float
+    root_accuracy: float
+    per_tree: dict[str, TreeScore] = field(default_factory=dict)
+
+
 def truth_from_manifest(path: str | Path) -> dict[str, TruthEntry]:
     """Read `DIR/manifest.json` (or DIR) into {repo_id: TruthEntry}; evaluation only."""
     p = Path(path)
@@ -28,7 +53,7 @@ def truth_from_manifest(path: str | Path) -> dict[str, TruthEntry]:
     return {m["repo_id"]: TruthEntry(m["tree_id"], m.get("parent")) for m in manifest["models"]}
 
 
-def score_recovery(recovery: TreeRecovery, truth: Mapping[str, TruthEntry]) -> dict:
+def score_recovery(recovery: TreeRecovery, truth: Mapping[str, TruthEntry]) -> RecoveryScores:
     """Cluster purity, ARI, directed edge accuracy (overall and per true tree), root accuracy.
 
     Only repos present in both are scored. Edge accuracy counts every non-root model whose
@@ -60,18 +85,14 @@ def score_recovery(recovery: TreeRecovery, truth: Mapping[str, TruthEntry]) -> d
         major = Counter(recovery.models[r].tree_id for r in mem).most_common(1)[0][0]
         root_ok = true_root is not None and recovery.trees[major].root == true_root
         roots_ok += root_ok
-        per_tree[tt] = {
-            "size": len(mem),
-            "edge_accuracy": ok / len(child) if child else 1.0,
-            "root_correct": bool(root_ok),
-        }
-    return {
-        "n_models": len(repos),
-        "n_true_trees": len(true_trees),
-        "n_recovered_trees": len(set(pred_t)),
-        "purity": purity,
-        "ari": float(adjusted_rand_score(true_t, pred_t)),
-        "edge_accuracy": hits / total if total else 1.0,
-        "root_accuracy": roots_ok / len(true_trees),
-        "per_tree": per_tree,
-    }
+        per_tree[tt] = TreeScore(len(mem), ok / len(child) if child else 1.0, bool(root_ok))
+    return RecoveryScores(
+        n_models=len(repos),
+        n_true_trees=len(true_trees),
+        n_recovered_trees=len(set(pred_t)),
+        purity=purity,
+        ari=float(adjusted_rand_score(true_t, pred_t)),
+        edge_accuracy=hits / total if total else 1.0,
+        root_accuracy=roots_ok / len(true_trees),
+        per_tree=per_tree,
+    )
