@@ -73,16 +73,16 @@ def run_all(
     if swept:
         print(f"      removed {len(swept)} partial files an interrupted run left", flush=True)
     atomic_write_json(home.root / "run.json", {"hub": hub_spec})
-    run_config = dg.RunConfig(ops={"tree_experts": training}) if training else None
+    expert_ops = {"tree_experts": training} if training else {}
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []
 
-    def materialize(run_config: dg.RunConfig | None = None, **kwargs) -> None:
+    def materialize(ops: dict | None = None, **kwargs) -> None:
         result = dg.materialize(
             assets,
             instance=instance,
             resources=resources,
-            run_config=dg.RunConfig(ops=run_config.ops if run_config else {}, loggers=QUIET),
+            run_config=dg.RunConfig(ops=ops or {}, loggers=QUIET),
             **kwargs,
         )
         checks.extend(result.get_asset_check_evaluations())
@@ -107,7 +107,7 @@ def run_all(
         materialize(
             partition_key=tree,
             selection=[tree_layers, tree_experts],
-            run_config=run_config,
+            ops=expert_ops,
         )
         print(f"        {expert_line(home, tree)} ({time.perf_counter() - t:.1f}s)", flush=True)
 

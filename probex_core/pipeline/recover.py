@@ -221,6 +221,8 @@ def _tree_rows(recovery, records: dict[str, RepoRecord]) -> list[dict]:
 
 
 def _report(home: Home, summary: dict) -> StepReport:
+    # read back from the tables in both paths (fresh and reused), so the data version of the
+    # same trees is the same whichever path wrote them
     trees = read_table(home, "tree_summary")
     return StepReport(
         summary=summary,
