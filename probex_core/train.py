@@ -205,6 +205,46 @@ def zero_shot_multilabel(Y: torch.Tensor) -> bool:
     return bool((Y.sum(1) > 1).any())
 
 
+def _objective(
+    model: WeightModel, train: Dataset, cfg: TrainConfig, text_embeddings: torch.Tensor | None
+) -> tuple[Any, torch.Tensor | None]:
+    """The batch loss (X, Y) → scalar for `cfg.objective`, and the texts it scores against."""
+    if cfg.zs_loss not in ("softmax", "bce"):
+        raise ValueError(f"unknown zero-shot loss {cfg.zs_loss!r}; choose softmax or bce")
+    if cfg.objective == "classify":
+        return lambda X, Y: F.binary_cross_entropy_with_logits(model(X), Y), None
+    if cfg.objective == "single":
+        return lambda X, Y: F.cross_entropy(model(X), Y.argmax(1)), None
+    if cfg.objective != "zeroshot":
+        raise ValueError(f"unknown objective {cfg.objective!r}")
+    if text_embeddings is None:
+        raise ValueError("objective 'zeroshot' needs text_embeddings")
+    texts = text_embeddings.float()
+    seen = torch.nonzero(train.Y.sum(0) > 0).flatten()
+    loss = F.binary_cross_entropy_with_logits if cfg.zs_loss == "bce" else _zero_shot_loss
+    return lambda X, Y: loss(model.zero_shot_logits(X, texts[seen]), Y[:, seen]), texts
+
+
+def _epoch(
+    model: WeightModel,
+    opt: torch.optim.Optimizer,
+    train: Dataset,
+    loss_of: Any,
+    batch_size: int,
+    gen: torch.Generator,
+) -> float:
+    """One pass over `train` in seeded batch order; the mean training loss."""
+    total, count = 0.0, 0
+    for X, Y in train.batches(batch_size, gen, in_place=model.reads_in_place):
+        loss = loss_of(X, Y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(X)
+        count += len(X)
+    return total / max(count, 1)
+
+
 def train_expert(
     model: WeightModel,
     train: Dataset | tuple[torch.Tensor, torch.Tensor],
@@ -225,17 +265,7 @@ def train_expert(
     train, val = as_dataset(train), as_dataset(val)
     if class_names is not None and len(class_names) != train.Y.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {train.Y.shape[1]} label columns")
-    texts = None
-    if cfg.objective == "zeroshot":
-        if text_embeddings is None:
-            raise ValueError("objective 'zeroshot' needs text_embeddings")
-        texts = text_embeddings.float()
-        seen = torch.nonzero(train.Y.sum(0) > 0).flatten()
-    elif cfg.objective not in ("classify", "single"):
-        raise ValueError(f"unknown objective {cfg.objective!r}")
-    if cfg.zs_loss not in ("softmax", "bce"):
-        raise ValueError(f"unknown zero-shot loss {cfg.zs_loss!r}; choose softmax or bce")
-
+    loss_of, texts = _objective(model, train, cfg, text_embeddings)
     if hasattr(model, "fit_stats"):
         model.fit_stats(train.head(2048))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -252,28 +282,14 @@ def train_expert(
     stale, train_time = 0, 0.0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
-        for X, Y in train.batches(cfg.batch_size, gen, in_place=model.reads_in_place):
-            if cfg.objective == "classify":
-                loss = F.binary_cross_entropy_with_logits(model(X), Y)
-            elif cfg.objective == "single":
-                loss = F.cross_entropy(model(X), Y.argmax(1))
-            elif cfg.zs_loss == "bce":
-                logits = model.zero_shot_logits(X, texts[seen])
-                loss = F.binary_cross_entropy_with_logits(logits, Y[:, seen])
-            else:
-                loss = _zero_shot_loss(model.zero_shot_logits(X, texts[seen]), Y[:, seen])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(X)
-            count += len(X)
+        t0 = time.perf_counter()
+        train_loss = _epoch(model, opt, train, loss_of, cfg.batch_size, gen)
         train_time += time.perf_counter() - t0
         if epoch % cfg.val_every and epoch != cfg.epochs:
             continue
         model.eval()
         metric = _validate(model, val, cfg, texts)
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val": metric})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val": metric})
         if metric > best_metric:
             best_metric, best_epoch, stale = metric, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

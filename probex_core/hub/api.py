@@ -313,14 +313,7 @@ class HubApiSource:
             timeout=self.retry.timeout,
         )
         revision = info.sha or "main"
-        sizes: dict[str, int] = {}
-        versions: dict[str, str] = {}
-        for s in info.siblings or []:
-            parse.validate_rel_path(repo_id, s.rfilename)
-            sizes[s.rfilename] = s.size if s.size is not None else -1
-            blob = s.lfs.sha256 if s.lfs else s.blob_id
-            if blob:
-                versions[s.rfilename] = blob
+        sizes, versions = _repo_files(repo_id, info)
         weights, kind = parse.choose_weights(repo_id, list(sizes))
 
         def known(file: str) -> int | None:
@@ -384,3 +377,16 @@ class HubApiSource:
                 )
             out[name] = decode_tensor(info, data)
         return out
+
+
+def _repo_files(repo_id: str, info: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """A model_info's files: size of each (-1 when unknown) and blob hash where given."""
+    sizes: dict[str, int] = {}
+    versions: dict[str, str] = {}
+    for s in info.siblings or []:
+        parse.validate_rel_path(repo_id, s.rfilename)
+        sizes[s.rfilename] = s.size if s.size is not None else -1
+        blob = s.lfs.sha256 if s.lfs else s.blob_id
+        if blob:
+            versions[s.rfilename] = blob
+    return sizes, versions

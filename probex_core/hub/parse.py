@@ -268,6 +268,23 @@ def fingerprint(
     return h.hexdigest()
 
 
+def _merge_shards(
+    repo_id: str, headers: Mapping[str, ParsedHeader]
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """All shards' tensors (a name in two shards is refused) and metadata (first shard wins)."""
+    tensors: dict[str, TensorInfo] = {}
+    raw_meta: dict[str, str] = {}
+    for file in sorted(headers):
+        parsed = headers[file]
+        for name, info in parsed.tensors.items():
+            if name in tensors:
+                raise RepoError(repo_id, file, f"tensor {name!r} appears in two shards")
+            tensors[name] = info
+        for key, value in parsed.metadata.items():
+            raw_meta.setdefault(key, value)
+    return tensors, raw_meta
+
+
 def build_record(
     *,
     repo_id: str,
@@ -289,16 +306,7 @@ def build_record(
     """Assemble a record from what a source fetched; every source ends here."""
     card = parse_card(repo_id, card_text)
     config = parse_config(repo_id, config_file or "", config_text)
-    tensors: dict[str, TensorInfo] = {}
-    raw_meta: dict[str, str] = {}
-    for file in sorted(headers):
-        parsed = headers[file]
-        for name, info in parsed.tensors.items():
-            if name in tensors:
-                raise RepoError(repo_id, file, f"tensor {name!r} appears in two shards")
-            tensors[name] = info
-        for key, value in parsed.metadata.items():
-            raw_meta.setdefault(key, value)
+    tensors, raw_meta = _merge_shards(repo_id, headers)
     meta_path = weights_file if weights_file in headers else sorted(headers)[0]
     metadata = decode_metadata(repo_id, meta_path, raw_meta)
     classes = training_classes(repo_id, meta_path, metadata, card)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -174,32 +176,14 @@ def extract_layers(
     layer, measured from each member's recovered parent, with the tree's `layers.json`."""
     records = load_records(home)
     recs = [records[i] for i in tree_members(home, tree_id)]
-    members = read_table(home, "tree_members")
-    mine = members[members.tree_id == tree_id]
-    root = mine.loc[mine.is_root.astype(bool), "repo_id"]
-    root_id = root.iloc[0] if len(root) else None
-    parents = {
-        r.repo_id: (r.parent if isinstance(r.parent, str) else None) for r in mine.itertuples()
-    }
+    root_id, parents = _recovered_parents(home, tree_id)
     # A LoRA tree's root is the full base model; its members' layers are the adapters' ΔW.
     lora = any(r.kind == "lora" for r in recs)
     if lora:
         recs = [r for r in recs if r.kind == "lora"]
     layers, screen = _choose_layers(home, source, tree_id, recs, None if lora else root_id,
                                     max_layers, progress)  # fmt: skip
-    stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    kept, rejected = [], []
-    tick = Ticker(progress)
-    for i, r in enumerate(recs):
-        tick(f"layers: read {i:,}/{len(recs):,} models")
-        try:
-            mats = member_layers(source, r, layers)
-        except RepoError as e:
-            rejected.append(Rejected(e.repo_id, e.path, e.reason))
-            continue
-        kept.append(r)
-        for n in layers:
-            stacks[n].append(mats[n])
+    kept, stacks, rejected = _read_members(source, recs, layers, progress)
     write_rejected(home, layers_part(tree_id), "layers", rejected)
     if not kept:
         raise ValueError(f"tree {tree_id}: every member was rejected ({rejected[0].reason})")
@@ -232,6 +216,41 @@ def extract_layers(
         },
         data_version=version,
     )
+
+
+def _recovered_parents(home: Home, tree_id: str) -> tuple[str | None, dict[str, str | None]]:
+    """The tree's recovered root and each member's recovered parent."""
+    members = read_table(home, "tree_members")
+    mine = members[members.tree_id == tree_id]
+    root = mine.loc[mine.is_root.astype(bool), "repo_id"]
+    parents = {
+        r.repo_id: (r.parent if isinstance(r.parent, str) else None) for r in mine.itertuples()
+    }
+    return (root.iloc[0] if len(root) else None), parents
+
+
+def _read_members(
+    source: HubSource,
+    recs: list[RepoRecord],
+    layers: Mapping[str, Any],
+    progress: Progress | None,
+) -> tuple[list[RepoRecord], dict[str, list[torch.Tensor]], list[Rejected]]:
+    """Every member's chosen layers, stacked per layer; a member that cannot be read (or
+    whose layers are not finite) is rejected with its reason instead."""
+    stacks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    kept, rejected = [], []
+    tick = Ticker(progress)
+    for i, r in enumerate(recs):
+        tick(f"layers: read {i:,}/{len(recs):,} models")
+        try:
+            mats = member_layers(source, r, layers)
+        except RepoError as e:
+            rejected.append(Rejected(e.repo_id, e.path, e.reason))
+            continue
+        kept.append(r)
+        for n in layers:
+            stacks[n].append(mats[n])
+    return kept, stacks, rejected
 
 
 def _choose_layers(home, source, tree_id, recs, root_id, max_layers, progress):

@@ -87,88 +87,112 @@ def tree_structure(
     n = len(records)
     if n == 1:
         return np.array([-1]), TreeStructure(config.kurtosis_direction, 0, 0.0, False, 0, np.nan)
-    pos = {r.repo_id: i for i, r in enumerate(records)}
-    declared = [
-        (i, pos[r.declared_base])
-        for i, r in enumerate(records)
-        if r.declared_base in pos and r.declared_base != r.repo_id
-    ]
-    m = config.root_candidates
+    search = _StructureSearch(records, d, kurt, config)
+    if len(search.declared) < config.min_direction_votes:
+        return search.mother_rule()
+    return search.by_declared_edges()
+
+
+class _StructureSearch:
+    """One tree's candidate roots and settings, scored against its declared edges."""
+
+    def __init__(
+        self, records: Sequence[WeightRecord], d: np.ndarray, kurt: np.ndarray, config: TreeConfig
+    ) -> None:
+        self.kurt, self.config = kurt, config
+        pos = {r.repo_id: i for i, r in enumerate(records)}
+        self.declared = [
+            (i, pos[r.declared_base])
+            for i, r in enumerate(records)
+            if r.declared_base in pos and r.declared_base != r.repo_id
+        ]
+        self.candidates = _root_candidates(d, kurt, self.declared, config.root_candidates)
+        self.grams = layer_grams(records, sorted(records[0].layers))
+        self.ranks = sorted({k for k in config.drift_ranks if k < len(records) - 1} | {0})
+        self.dists = drift_removed_distances(self.grams, self.candidates[0], self.ranks)
+
+    def direction_for(self, root: int) -> str:
+        if self.config.kurtosis_direction != "auto":
+            return self.config.kurtosis_direction
+        kurt = self.kurt
+        voted = _vote_direction(((kurt[p], kurt[c]) for c, p in self.declared), self.config)
+        return voted or ("raise" if np.median(kurt) >= kurt[root] else "lower")
+
+    def mother_cost(self, parent: np.ndarray, direction: str) -> float:
+        """MoTHer's objective: the arborescence's cost over D + λ·scale·T (no drift removed)."""
+        cost = edge_costs(self.dists[0], self.kurt, direction, self.config)
+        return float(cost[parent[parent >= 0], np.flatnonzero(parent >= 0)].sum())
+
+    def mother_rule(self) -> tuple[np.ndarray, TreeStructure]:
+        """No cards to choose with: the root whose arborescence (each candidate with its own
+        direction) costs least."""
+        best_cost, root, chosen = np.inf, self.candidates[0], self.config.kurtosis_direction
+        for cand in self.candidates:
+            direction = self.direction_for(cand)
+            parent = arborescence(
+                self.dists[0], self.kurt, direction, cand, self.config, lift=False
+            )
+            total = self.mother_cost(parent, direction)
+            if total < best_cost:
+                best_cost, root, chosen = total, cand, direction
+        parent = arborescence(self.dists[0], self.kurt, chosen, root, self.config)
+        return parent, TreeStructure(chosen, 0, self.config.direction_lambda, True, 0, np.nan)
+
+    def solve(self, root: int, k: int, dist: np.ndarray, lam: float, lift: bool):
+        """(agreement with the declared edges, parents, structure) for one root and setting."""
+        direction = self.direction_for(root)
+        parent = arborescence(dist, self.kurt, direction, root, self.config, lam, lift)
+        child, par = np.array(self.declared).T
+        agree = float((parent[child] == par).mean())
+        return agree, parent, TreeStructure(direction, k, lam, lift, len(self.declared), agree)
+
+    def best_settings(self, root: int, best=None):
+        """The setting (k, λ, lift) whose edges reproduce most declared ones; ties keep `best`
+        or the earlier setting."""
+        for k in self.ranks:
+            for lam in (0.0, self.config.direction_lambda):
+                for lift in (False, True):
+                    trial = self.solve(root, k, self.dists[k], lam, lift)
+                    if best is None or trial[0] > best[0]:
+                        best = trial
+        return best
+
+    def by_declared_edges(self) -> tuple[np.ndarray, TreeStructure]:
+        """Settings chosen with the medoid as root, then other plausible roots with those
+        settings; the cards decide, and where they cannot (undocumented children of the
+        root), MoTHer's cost does."""
+        best = self.best_settings(self.candidates[0])
+        s = best[2]
+        ranked = [(best[0], -self.mother_cost(best[1], s.direction), 0, best)]
+        for j, other in enumerate(self.candidates[1:], start=1):
+            dist = drift_removed_distances(self.grams, other, [s.drift_rank])[s.drift_rank]
+            trial = self.solve(other, s.drift_rank, dist, s.lam, s.lift)
+            ranked.append((trial[0], -self.mother_cost(trial[1], trial[2].direction), -j, trial))
+        best = max(ranked, key=lambda t: t[:3])[3]
+        root = int(np.flatnonzero(best[1] < 0)[0])
+        if root != self.candidates[0]:  # a new root: choose the settings again around it
+            self.dists = drift_removed_distances(self.grams, root, self.ranks)
+            best = self.best_settings(root, best)
+        return best[1], best[2]
+
+
+def _root_candidates(
+    d: np.ndarray, kurt: np.ndarray, declared: list[tuple[int, int]], m: int
+) -> list[int]:
+    """The m most central models, then the kurtosis extremes (MoTHer's cue) and the bases
+    that cards name most among those that name no base themselves; each once."""
     by_kurt = np.argsort(kurt, kind="stable")
     has_base = {c for c, _ in declared}
     named = Counter(p for _, p in declared if p not in has_base)  # cards point up to these
     candidates = [int(i) for i in np.argsort(d.sum(axis=1), kind="stable")[:m]]
     for i in [
-        *by_kurt[: m - 1],  # MoTHer's cue: the kurtosis extremes
+        *by_kurt[: m - 1],
         *by_kurt[::-1][: m - 1],
-        *(p for p, _ in named.most_common(m - 1)),  # most-named bases that name no base
+        *(p for p, _ in named.most_common(m - 1)),
     ]:
         if int(i) not in candidates:
             candidates.append(int(i))
-    grams = layer_grams(records, sorted(records[0].layers))
-    ranks = sorted({k for k in config.drift_ranks if k < n - 1} | {0})
-
-    def direction_for(root: int) -> str:
-        if config.kurtosis_direction != "auto":
-            return config.kurtosis_direction
-        voted = _vote_direction(((kurt[p], kurt[c]) for c, p in declared), config)
-        return voted or ("raise" if np.median(kurt) >= kurt[root] else "lower")
-
-    root = candidates[0]
-    dists = drift_removed_distances(grams, root, ranks)
-    if len(declared) < config.min_direction_votes:
-        # no cards to choose with: MoTHer's plain rule — the root whose arborescence over
-        # D + λ·scale·T (each candidate with its own direction) costs least
-        best_cost = np.inf
-        for cand in candidates:
-            direction = direction_for(cand)
-            cost = edge_costs(dists[0], kurt, direction, config)
-            parent = arborescence(dists[0], kurt, direction, cand, config, lift=False)
-            total = float(cost[parent[parent >= 0], np.flatnonzero(parent >= 0)].sum())
-            if total < best_cost:
-                best_cost, root, chosen = total, cand, direction
-        parent = arborescence(dists[0], kurt, chosen, root, config)
-        return parent, TreeStructure(chosen, 0, config.direction_lambda, True, 0, np.nan)
-    child, par = np.array(declared).T
-
-    def solve(root: int, k: int, dist: np.ndarray, lam: float, lift: bool):
-        direction = direction_for(root)
-        parent = arborescence(dist, kurt, direction, root, config, lam, lift)
-        agree = float((parent[child] == par).mean())
-        return agree, parent, TreeStructure(direction, k, lam, lift, len(declared), agree)
-
-    best = None
-    for k in ranks:  # settings, with the medoid as the root
-        for lam in (0.0, config.direction_lambda):
-            for lift in (False, True):
-                trial = solve(root, k, dists[k], lam, lift)
-                if best is None or trial[0] > best[0]:
-                    best = trial
-    assert best is not None
-    s = best[2]
-
-    def mother_cost(parent: np.ndarray, direction: str) -> float:
-        cost = edge_costs(dists[0], kurt, direction, config)
-        return float(cost[parent[parent >= 0], np.flatnonzero(parent >= 0)].sum())
-
-    # then other plausible roots with those settings; the cards decide, and where they cannot
-    # (undocumented children of the root), MoTHer's cost does
-    ranked = [(best[0], -mother_cost(best[1], s.direction), 0, best)]
-    for j, other in enumerate(candidates[1:], start=1):
-        dist = drift_removed_distances(grams, other, [s.drift_rank])[s.drift_rank]
-        trial = solve(other, s.drift_rank, dist, s.lam, s.lift)
-        ranked.append((trial[0], -mother_cost(trial[1], trial[2].direction), -j, trial))
-    best = max(ranked, key=lambda t: t[:3])[3]
-    root = int(np.flatnonzero(best[1] < 0)[0])
-    if root != candidates[0]:  # a new root: choose the settings again around it
-        dists = drift_removed_distances(grams, root, ranks)
-        for k in ranks:
-            for lam in (0.0, config.direction_lambda):
-                for lift in (False, True):
-                    trial = solve(root, k, dists[k], lam, lift)
-                    if trial[0] > best[0]:
-                        best = trial
-    return best[1], best[2]
+    return candidates
 
 
 def lift_siblings(parent: np.ndarray, d: np.ndarray, cos_min: float) -> np.ndarray:
@@ -220,38 +244,56 @@ def min_arborescence(cost: np.ndarray, root_cost: np.ndarray | None = None) -> n
 
 def _edmonds_dense(cost: np.ndarray, root: int) -> np.ndarray:
     """Parent of every node in the minimum arborescence rooted at `root`."""
-    n = cost.shape[0]
-    w = cost.astype(float).copy()
-    np.fill_diagonal(w, np.inf)
-    w[:, root] = np.inf
-    src = np.repeat(np.arange(n)[:, None], n, axis=1)  # src[a, b]: original tail of slot edge a→b
-    dst = np.repeat(np.arange(n)[None, :], n, axis=0)  # dst[a, b]: original head
-    node_of = list(range(n))  # slot → contraction-forest node currently living there
-    up: list[int] = [-1] * n  # forest parent
-    kids: list[list[int]] = [[] for _ in range(n)]
-    inedge: list[tuple[int, int]] = [(-1, -1)] * n  # forest node → chosen original edge
-    w_in = np.zeros(n)
-    done = np.zeros(n, dtype=bool)
-    done[root] = True
-    on_path = np.zeros(n, dtype=bool)
-    rows = np.arange(n)
-    for start in range(n):
-        if done[start]:
-            continue
+    return _Contraction(cost, root).run()
+
+
+class _Contraction:
+    """Tarjan's contraction forest over a dense cost matrix, one slot per live node.
+
+    Slots hold a node of the forest: an original node or a contracted cycle. w[a, b] is the
+    cheapest edge from slot a into slot b; src/dst remember which original edge it is.
+    """
+
+    def __init__(self, cost: np.ndarray, root: int) -> None:
+        n = cost.shape[0]
+        self.n, self.root = n, root
+        self.w = cost.astype(float).copy()
+        np.fill_diagonal(self.w, np.inf)
+        self.w[:, root] = np.inf
+        self.src = np.repeat(np.arange(n)[:, None], n, axis=1)  # original tail of slot edge a→b
+        self.dst = np.repeat(np.arange(n)[None, :], n, axis=0)  # original head
+        self.node_of = list(range(n))  # slot → contraction-forest node currently living there
+        self.up: list[int] = [-1] * n  # forest parent
+        self.kids: list[list[int]] = [[] for _ in range(n)]
+        self.inedge: list[tuple[int, int]] = [(-1, -1)] * n  # forest node → chosen edge
+        self.w_in = np.zeros(n)
+        self.done = np.zeros(n, dtype=bool)
+        self.done[root] = True
+        self.on_path = np.zeros(n, dtype=bool)
+
+    def run(self) -> np.ndarray:
+        for start in range(self.n):
+            if not self.done[start]:
+                self._grow(start)
+        return self._expand()
+
+    def _grow(self, start: int) -> None:
+        """Follow cheapest in-edges back from `start` until a finished slot, contracting
+        every cycle met on the way."""
         path = [start]
-        on_path[start] = True
+        self.on_path[start] = True
         while True:
             a = path[-1]
-            b = int(np.argmin(w[:, a]))
-            inedge[node_of[a]] = (int(src[b, a]), int(dst[b, a]))
-            w_in[a] = w[b, a]
-            if done[b]:
-                done[path] = True
-                on_path[path] = False
-                break
-            if not on_path[b]:
+            b = int(np.argmin(self.w[:, a]))
+            self.inedge[self.node_of[a]] = (int(self.src[b, a]), int(self.dst[b, a]))
+            self.w_in[a] = self.w[b, a]
+            if self.done[b]:
+                self.done[path] = True
+                self.on_path[path] = False
+                return
+            if not self.on_path[b]:
                 path.append(b)
-                on_path[b] = True
+                self.on_path[b] = True
                 continue
             cyc = []
             while True:
@@ -259,57 +301,68 @@ def _edmonds_dense(cost: np.ndarray, root: int) -> np.ndarray:
                 cyc.append(x)
                 if x == b:
                     break
-            cyc_a = np.array(cyc)
-            new_id = len(up)
-            up.append(-1)
-            kids.append([node_of[x] for x in cyc])
-            inedge.append((-1, -1))
-            for x in cyc:
-                up[node_of[x]] = new_id
-            col = w[:, cyc_a] - w_in[cyc_a][None, :]  # entering the cycle replaces one edge
-            ci = col.argmin(axis=1)
-            row = w[cyc_a, :]
-            ri = row.argmin(axis=0)
-            keep = cyc[0]
-            new_col = col[rows, ci]
-            new_src_c, new_dst_c = src[rows, cyc_a[ci]], dst[rows, cyc_a[ci]]
-            new_row = row[ri, rows]
-            new_src_r, new_dst_r = src[cyc_a[ri], rows], dst[cyc_a[ri], rows]
-            w[:, keep], src[:, keep], dst[:, keep] = new_col, new_src_c, new_dst_c
-            w[keep, :], src[keep, :], dst[keep, :] = new_row, new_src_r, new_dst_r
-            w[cyc_a, :] = np.inf
-            w[:, cyc_a] = np.inf
-            in_cycle = np.zeros(n, dtype=bool)
-            in_cycle[cyc_a] = True
-            w[keep, :] = np.where(in_cycle, np.inf, new_row)
-            w[:, keep] = np.where(in_cycle, np.inf, new_col)
-            w[:, root] = np.inf
-            done[cyc_a] = True  # retired slots (keep is reopened below)
-            done[keep] = False
-            on_path[cyc_a] = False
-            node_of[keep] = new_id
+            keep = self._contract(cyc)
             path.append(keep)
-            on_path[keep] = True
-    parent = np.full(n, -1)
-    deleted = [False] * len(up)
-    roots: list[int] = []
+            self.on_path[keep] = True
 
-    def dismantle(leaf: int, top: int | None) -> None:
-        prev, y = -1, leaf
-        while y != -1:
-            deleted[y] = True
-            roots.extend(k for k in kids[y] if k != prev)
-            if y == top:
-                break
-            prev, y = y, up[y]
+    def _contract(self, cyc: list[int]) -> int:
+        """Merge the cycle's slots into one new forest node living in the slot cyc[0]."""
+        w, src, dst, rows = self.w, self.src, self.dst, np.arange(self.n)
+        cyc_a = np.array(cyc)
+        new_id = len(self.up)
+        self.up.append(-1)
+        self.kids.append([self.node_of[x] for x in cyc])
+        self.inedge.append((-1, -1))
+        for x in cyc:
+            self.up[self.node_of[x]] = new_id
+        col = w[:, cyc_a] - self.w_in[cyc_a][None, :]  # entering the cycle replaces one edge
+        ci = col.argmin(axis=1)
+        row = w[cyc_a, :]
+        ri = row.argmin(axis=0)
+        keep = cyc[0]
+        new_col = col[rows, ci]
+        new_src_c, new_dst_c = src[rows, cyc_a[ci]], dst[rows, cyc_a[ci]]
+        new_row = row[ri, rows]
+        new_src_r, new_dst_r = src[cyc_a[ri], rows], dst[cyc_a[ri], rows]
+        w[:, keep], src[:, keep], dst[:, keep] = new_col, new_src_c, new_dst_c
+        w[keep, :], src[keep, :], dst[keep, :] = new_row, new_src_r, new_dst_r
+        w[cyc_a, :] = np.inf
+        w[:, cyc_a] = np.inf
+        in_cycle = np.zeros(self.n, dtype=bool)
+        in_cycle[cyc_a] = True
+        w[keep, :] = np.where(in_cycle, np.inf, new_row)
+        w[:, keep] = np.where(in_cycle, np.inf, new_col)
+        w[:, self.root] = np.inf
+        self.done[cyc_a] = True  # retired slots (keep is reopened below)
+        self.done[keep] = False
+        self.on_path[cyc_a] = False
+        self.node_of[keep] = new_id
+        return keep
 
-    dismantle(root, None)
-    roots.extend(x for x in range(len(up)) if up[x] == -1)
-    while roots:
-        x = roots.pop()
-        if deleted[x]:
-            continue
-        u, v = inedge[x]
-        parent[v] = u
-        dismantle(v, x)
-    return parent
+    def _expand(self) -> np.ndarray:
+        """Read the arborescence off the forest: each surviving node's in-edge, dismantling
+        the cycles it breaks."""
+        up, kids = self.up, self.kids
+        parent = np.full(self.n, -1)
+        deleted = [False] * len(up)
+        roots: list[int] = []
+
+        def dismantle(leaf: int, top: int | None) -> None:
+            prev, y = -1, leaf
+            while y != -1:
+                deleted[y] = True
+                roots.extend(k for k in kids[y] if k != prev)
+                if y == top:
+                    break
+                prev, y = y, up[y]
+
+        dismantle(self.root, None)
+        roots.extend(x for x in range(len(up)) if up[x] == -1)
+        while roots:
+            x = roots.pop()
+            if deleted[x]:
+                continue
+            u, v = self.inedge[x]
+            parent[v] = u
+            dismantle(v, x)
+        return parent

@@ -59,46 +59,22 @@ def recover_trees(
     full = [r for r in records if not r.adapter]
     adapters = [r for r in records if r.adapter]
 
-    groups: dict[str, list[WeightRecord]] = defaultdict(list)
-    for r in full:
-        groups[r.signature].append(r)
-
-    clusters: list[tuple[str, list[WeightRecord], np.ndarray, np.ndarray]] = []
-    for sig, recs in sorted(groups.items()):
-        layers = sorted(recs[0].layers)
-        missing = [r.repo_id for r in recs if sorted(r.layers) != layers]
-        if missing:
-            raise ValueError(f"signature {sig}: records {missing[:3]} lack layers {layers}")
-        d = pairwise_distances(recs, layers)
-        kurt = weight_kurtosis(recs, layers)
-        labels = cluster_by_distance(d, config)
-        for lab in np.unique(labels):
-            idx = np.flatnonzero(labels == lab)
-            clusters.append((sig, [recs[i] for i in idx], d[np.ix_(idx, idx)], kurt[idx]))
-
     parent: dict[str, str | None] = {}
     sig_of: dict[str, str] = {}
     structure: dict[str, TreeStructure] = {}  # by root repo
-    for sig, recs, d, kurt in clusters:
+    for sig, recs, d, kurt in _clusters(full, config):
         par, setting = tree_structure(recs, d, kurt, config)
         for i, r in enumerate(recs):
             parent[r.repo_id] = recs[par[i]].repo_id if par[i] >= 0 else None
             sig_of[r.repo_id] = sig
         structure[recs[int(np.flatnonzero(par < 0)[0])].repo_id] = setting
-
     absent = absent_bases(adapters)
     for a in adapters:
         parent[a.repo_id] = _adapter_base(a, full, config) or absent[a.repo_id]
         sig_of[a.repo_id] = a.signature
 
+    root_of = {repo: _root(parent, repo) for repo in parent}
     depth = _depths(parent)
-    root_of: dict[str, str] = {}
-    for repo in parent:
-        cur = repo
-        while parent.get(cur) is not None:
-            cur = parent[cur]
-        root_of[repo] = cur
-
     models = {
         repo: ModelAssignment(
             repo_id=repo,
@@ -110,6 +86,48 @@ def recover_trees(
         )
         for repo in sorted(parent)
     }
+    trees = _tree_infos(models, by_id, root_of, sig_of, structure)
+    disagreements = _disagreements(records, models, absent)
+    directions = {tid: t.direction for tid, t in trees.items() if t.direction}
+    return TreeRecovery(models, trees, disagreements, directions, time.perf_counter() - start)
+
+
+def _clusters(
+    full: Sequence[WeightRecord], config: TreeConfig
+) -> list[tuple[str, list[WeightRecord], np.ndarray, np.ndarray]]:
+    """Full models grouped by signature, each group clustered by relative weight distance:
+    (signature, members, their distances, their kurtosis) per cluster."""
+    groups: dict[str, list[WeightRecord]] = defaultdict(list)
+    for r in full:
+        groups[r.signature].append(r)
+    clusters = []
+    for sig, recs in sorted(groups.items()):
+        layers = sorted(recs[0].layers)
+        missing = [r.repo_id for r in recs if sorted(r.layers) != layers]
+        if missing:
+            raise ValueError(f"signature {sig}: records {missing[:3]} lack layers {layers}")
+        d = pairwise_distances(recs, layers)
+        kurt = weight_kurtosis(recs, layers)
+        labels = cluster_by_distance(d, config)
+        for lab in np.unique(labels):
+            idx = np.flatnonzero(labels == lab)
+            clusters.append((sig, [recs[i] for i in idx], d[np.ix_(idx, idx)], kurt[idx]))
+    return clusters
+
+
+def _root(parent: Mapping[str, str | None], repo: str) -> str:
+    while parent.get(repo) is not None:
+        repo = parent[repo]  # type: ignore[assignment]
+    return repo
+
+
+def _tree_infos(
+    models: Mapping[str, ModelAssignment],
+    by_id: Mapping[str, WeightRecord],
+    root_of: Mapping[str, str],
+    sig_of: Mapping[str, str],
+    structure: Mapping[str, TreeStructure],
+) -> dict[str, TreeInfo]:
     members: dict[str, list[str]] = defaultdict(list)
     for m in models.values():
         members[m.tree_id].append(m.repo_id)
@@ -119,32 +137,38 @@ def recover_trees(
         n_adapt = sum(by_id[r].adapter for r in reps)
         n_full = len(reps) - n_adapt  # an absent base is no member: then all are adapters
         kind = "full" if n_adapt == 0 else "lora" if n_full == int(root in by_id) else "mixed"
-        sig = sig_of.get(root, "")
         setting = structure.get(root)
         trees[tid] = TreeInfo(
             tid,
             root,
             len(reps),
-            sig,
+            sig_of.get(root, ""),
             kind,
             setting.direction if setting else "",
             asdict(setting) if setting else {},
         )
+    return trees
 
-    disagreements = []
+
+def _disagreements(
+    records: Sequence[WeightRecord],
+    models: Mapping[str, ModelAssignment],
+    absent: Mapping[str, str],
+) -> list[Disagreement]:
+    """Declared bases the recovered parents contradict (an adapter declaring a base that is
+    not in the hub agrees with its absent root)."""
+    out = []
     for r in records:
-        if r.declared_base is None or parent[r.repo_id] in (
+        found = models[r.repo_id].parent
+        if r.declared_base is None or found in (
             r.declared_base,
             absent[r.repo_id] if r.repo_id in absent and r.declared_base else None,
         ):
             continue
         known = r.declared_base in models
         same = known and models[r.declared_base].tree_id == models[r.repo_id].tree_id
-        disagreements.append(
-            Disagreement(r.repo_id, r.declared_base, parent[r.repo_id], same, known)
-        )
-    directions = {tid: t.direction for tid, t in trees.items() if t.direction}
-    return TreeRecovery(models, trees, disagreements, directions, time.perf_counter() - start)
+        out.append(Disagreement(r.repo_id, r.declared_base, found, same, known))
+    return out
 
 
 ABSENT = "absent:"  # prefix of a tree root that is not in the hub (adapters of a missing base)
