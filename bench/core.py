@@ -31,7 +31,15 @@ import torch
 
 from bench.synthetic import SyntheticConfig, make_tree
 from probex_core.metrics import per_class_accuracy
-from probex_core.models import build_model, count_parameters
+from probex_core.models import (
+    DenseConfig,
+    ModelConfig,
+    MultiViewConfig,
+    ProbeXConfig,
+    StatNNConfig,
+    build_model,
+    count_parameters,
+)
 from probex_core.train import TensorData, TrainConfig, predict_proba, train_expert
 
 
@@ -53,30 +61,23 @@ FULL = CoreBenchSize(768, 768, 100, 640, 30, 128, 512, (16, 12, 8), 256)
 QUICK = CoreBenchSize(32, 48, 10, 200, 40, 8, 32, (4, 2), 16)
 
 
-def _probex_rows(s: CoreBenchSize) -> dict[str, tuple[str, dict]]:
-    rows = {
-        f"probex (r_U=r_V={s.r}, r_T={s.r_T})": (
-            "probex",
-            {"r_U": s.r, "r_V": s.r, "r_T": s.r_T},
-        )
+def _probex_rows(s: CoreBenchSize) -> dict[str, ModelConfig]:
+    rows: dict[str, ModelConfig] = {
+        f"probex (r_U=r_V={s.r}, r_T={s.r_T})": ProbeXConfig(r_U=s.r, r_V=s.r, r_T=s.r_T)
     }
     for r_U in s.fewer_probes:
-        rows[f"probex (r_U={r_U}, r_V={s.wide_r_V}, r_T={s.r_T})"] = (
-            "probex",
-            {"r_U": r_U, "r_V": s.wide_r_V, "r_T": s.r_T},
+        rows[f"probex (r_U={r_U}, r_V={s.wide_r_V}, r_T={s.r_T})"] = ProbeXConfig(
+            r_U=r_U, r_V=s.wide_r_V, r_T=s.r_T
         )
     return rows
 
 
-def _models(s: CoreBenchSize) -> dict[str, tuple[str, dict]]:
+def _models(s: CoreBenchSize) -> dict[str, ModelConfig]:
     mv_r = max(4, s.r // 4)
     return _probex_rows(s) | {
-        f"mvprobe (r={mv_r}, proj=32, r_T={s.r})": (
-            "mvprobe",
-            {"r": mv_r, "proj_dim": 32, "r_T": s.r},
-        ),
-        "dense": ("dense", {}),
-        "statnn": ("statnn", {}),
+        f"mvprobe (r={mv_r}, proj=32, r_T={s.r})": MultiViewConfig(r=mv_r, proj_dim=32, r_T=s.r),
+        "dense": DenseConfig(),
+        "statnn": StatNNConfig(),
     }
 
 
@@ -98,13 +99,13 @@ def _data(s: CoreBenchSize, private_variance: float) -> dict[str, TensorData]:
 
 
 def _train_rows(
-    s: CoreBenchSize, data: dict[str, TensorData], models: dict[str, tuple[str, dict]]
+    s: CoreBenchSize, data: dict[str, TensorData], models: dict[str, ModelConfig]
 ) -> dict[str, dict]:
     cfg = TrainConfig(epochs=s.epochs, val_every=max(1, s.epochs // 6), batch_size=128)
     rows: dict[str, dict] = {}
     print(f"{'model':42s} {'params':>12s} {'s/epoch':>9s} {'val acc':>8s} {'test acc':>9s}")
-    for name, (kind, hp) in models.items():
-        model = build_model(kind, s.d_H, s.d_W, s.n_classes, seed=0, **hp)
+    for name, config in models.items():
+        model = build_model(config, s.d_H, s.d_W, s.n_classes, seed=0)
         res = train_expert(model, data["train"], data["val"], cfg)
         test = per_class_accuracy(
             data["test"].Y.numpy(), predict_proba(res.model, data["test"]).numpy()
@@ -181,7 +182,7 @@ def _run(s: CoreBenchSize) -> dict:
         "\ncontrol: a purely linear class signal (private variance 0), where Dense is the right model"
     )
     fewer = dict(list(_probex_rows(s).items())[1:2])  # the first fewer-probe row
-    control_rows = _train_rows(s, control, fewer | {"dense": ("dense", {})})
+    control_rows = _train_rows(s, control, fewer | {"dense": DenseConfig()})
     control_ratios = _ratios(control_rows)
     return {
         "size": s.__dict__,

@@ -37,10 +37,10 @@ from bench.modelj_fixture import ModelJSizes, signal_layer_name, write_modelj
 from probex_core.classnames import class_name
 from probex_core.env import HOME_VAR
 from probex_core.metrics import per_class_accuracy
-from probex_core.models import build_model
+from probex_core.models import ProbeXConfig, build_model
 from probex_core.train import TensorData, TrainConfig, predict_proba, train_expert
 
-OFFICIAL = {"r_U": 128, "r_V": 128, "r_T": 512}  # n_probes, proj_dim, rep_dim
+OFFICIAL = ProbeXConfig(r_U=128, r_V=128, r_T=512)  # n_probes, proj_dim, rep_dim
 WORKERS = 4  # the official loaders' num_workers
 
 
@@ -90,7 +90,7 @@ def _official(subset: Path, layer: str, classes: list[str], epochs: int) -> tupl
     }
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 on 2 cores
     d_H, d_W = data["train"][0][0].shape
-    model = build_model("probex", d_H, d_W, len(classes), seed=0, **OFFICIAL)
+    model = build_model(OFFICIAL, d_H, d_W, len(classes), seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best, state = -1.0, None
@@ -155,7 +155,7 @@ def run(quick: bool = False) -> dict:
         seconds, acc = _official(subset, layer, classes, epochs)
         rows["official loop (files every epoch)"] = (seconds, acc)
 
-        model = build_model("probex", sizes.d, sizes.d, len(classes), seed=0, **OFFICIAL)
+        model = build_model(OFFICIAL, sizes.d, sizes.d, len(classes), seed=0)
         cfg = TrainConfig(epochs=epochs, val_every=25)
         t0 = time.perf_counter()
         res = train_expert(model, data["train"], data["val"], cfg)

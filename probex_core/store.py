@@ -153,7 +153,7 @@ def load_expert(path: str | Path) -> tuple[WeightModel, dict[str, Any]]:
         md = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
     config = json.loads(md["probex_config"])
-    model = build_model(**config)
+    model = build_model(config.pop("kind"), **config)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, json.loads(md.get("probex_meta", "{}"))

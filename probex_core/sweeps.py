@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from probex_core.models import build_model
+from probex_core.models import ModelConfig, ProbeXConfig, build_model
 from probex_core.train import (
     Dataset,
     TensorData,
@@ -32,10 +31,9 @@ class SweepResult:
 
 def layer_sweep(
     datasets_by_layer: Mapping[str, tuple[Dataset, Dataset]],
-    kind: str = "probex",
+    model: ModelConfig = ProbeXConfig(),
     cfg: TrainConfig = TrainConfig(epochs=50, val_every=10),
     seed: int = 0,
-    **hparams: Any,
 ) -> SweepResult:
     """Train one cheap expert per candidate layer ((train, val) each) and pick the best on
     validation — the paper's protocol for choosing the layer an expert reads."""
@@ -43,8 +41,8 @@ def layer_sweep(
     for name, (tr, va) in datasets_by_layer.items():
         tr, va = as_dataset(tr), as_dataset(va)
         d_H, d_W = tr.shape
-        model = build_model(kind, d_H, d_W, tr.Y.shape[1], seed=seed, **hparams)
-        results[name] = train_expert(model, tr, va, cfg)
+        expert = build_model(model, d_H, d_W, tr.Y.shape[1], seed=seed)
+        results[name] = train_expert(expert, tr, va, cfg)
     curve = {name: r.best_metric for name, r in results.items()}
     return SweepResult(max(curve, key=curve.__getitem__), curve, results)
 
@@ -66,15 +64,14 @@ class SharedBaseline:
 
 def train_shared_baseline(
     trees: Sequence[tuple[Dataset, Dataset]],
-    kind: str = "probex",
+    model: ModelConfig = ProbeXConfig(),
     cfg: TrainConfig = TrainConfig(),
     seed: int = 0,
-    **hparams: Any,
 ) -> SharedBaseline:
     """ONE model over several trees ((train, val) per tree, one shared class list): matrices of
     different shapes are zero-padded to the largest (d_H, d_W) and pooled. Compare its test
     accuracy per tree with one expert per tree to measure the nuisance across trees.
-    In-memory only: pooled trees must fit (use kind="statnn" for shape-free statistics)."""
+    In-memory only: pooled trees must fit (use StatNNConfig for shape-free statistics)."""
     trees = [(as_dataset(a), as_dataset(b)) for a, b in trees]
     shape = (max(t[0].shape[0] for t in trees), max(t[0].shape[1] for t in trees))
 
@@ -83,5 +80,5 @@ def train_shared_baseline(
         return TensorData(torch.cat(Xs), torch.cat([t[split].Y for t in trees]))
 
     tr, va = pool(0), pool(1)
-    model = build_model(kind, *shape, tr.Y.shape[1], seed=seed, **hparams)
-    return SharedBaseline(train_expert(model, tr, va, cfg), shape)
+    shared = build_model(model, *shape, tr.Y.shape[1], seed=seed)
+    return SharedBaseline(train_expert(shared, tr, va, cfg), shape)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from probex_core.metrics import topk_chance
-from probex_core.models import WeightModel, build_model
+from probex_core.models import ModelConfig, ProbeXConfig, TextHeadConfig, WeightModel, build_model
 from probex_core.text import DEFAULT_TEMPLATE, TextEncoder, class_prompts
 from probex_core.train import TrainConfig, TrainResult, train_expert, zero_shot_scores
 
@@ -31,10 +31,9 @@ Split = tuple[torch.Tensor, Sequence[Sequence[str]]]  # (X (N, d_H, d_W), classe
 class ZeroShotConfig:
     """How one zero-shot expert is built and trained."""
 
-    kind: str = "probex"  # build_model kind; ProbeX is the paper's zero-shot model
-    hparams: Mapping[str, int | float | bool] = field(
-        default_factory=lambda: {"r_U": 32, "r_V": 32, "r_T": 128}
-    )  # build_model arguments (r_U, r_V, r_T for ProbeX); small trees need small ranks
+    # ProbeX is the paper's zero-shot model; small trees need small ranks
+    model: ModelConfig = ProbeXConfig(r_U=32, r_V=32, r_T=128)
+    text_head: TextHeadConfig = TextHeadConfig()
     template: str = DEFAULT_TEMPLATE  # class prompt, "a photo of a {name}" as in the paper
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(objective="zeroshot", epochs=200, val_every=10)
@@ -101,7 +100,13 @@ def train_zero_shot_expert(
         raise ValueError(f"{encoder.name} returned width {texts.shape[1]}, expected {encoder.dim}")
     d_H, d_W = X_tr.shape[1:]
     model = build_model(
-        cfg.kind, d_H, d_W, n_classes=0, text_dim=encoder.dim, seed=cfg.seed, **cfg.hparams
+        cfg.model,
+        d_H,
+        d_W,
+        n_classes=0,
+        text_dim=encoder.dim,
+        seed=cfg.seed,
+        text_head=cfg.text_head,
     )
     if init is not None:
         model.load_state_dict(dict(init), strict=False)

@@ -10,8 +10,12 @@ from probex_core.models import (
     N_STATS,
     QUANTILE_SAMPLE,
     LayerRows,
+    MultiViewConfig,
+    ProbeXConfig,
+    TextHeadConfig,
     build_model,
     count_parameters,
+    model_config,
     probe_responses,
     weight_statistics,
 )
@@ -93,6 +97,42 @@ def test_unknown_kind_and_missing_heads() -> None:
         )
     with pytest.raises(RuntimeError, match="n_classes=0"):
         build_model("probex", 3, 3, 0, text_dim=4, **SMALL["probex"])(torch.randn(1, 3, 3))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_typed_and_keyword_configs_build_the_same_model(kind: str) -> None:
+    """A family's frozen config and its keyword form (what checkpoints store) are one model:
+    same weights from one seed, same recorded config; the text head is built in its
+    direction from the start."""
+    family, head = model_config(kind, **SMALL[kind], zs_direction="weight_to_text")
+    typed = build_model(family, 7, 9, 3, text_dim=5, seed=4, text_head=head)
+    keyed = build_model(
+        kind, 7, 9, 3, text_dim=5, seed=4, **SMALL[kind], zs_direction="weight_to_text"
+    )
+    assert typed.config == keyed.config
+    assert typed.config["zs_direction"] == "weight_to_text"
+    assert typed.zero_shot.proj.weight.shape == (5, typed.r_T)  # r_T → text space
+    for (name, a), (_, b) in zip(
+        typed.state_dict().items(), keyed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    kind_again = dict(typed.config)
+    assert build_model(kind_again.pop("kind"), **kind_again, seed=4).config == typed.config
+
+
+def test_settings_a_family_does_not_have_are_refused() -> None:
+    with pytest.raises(ValueError, match="probex has no setting r; it takes r_T, r_U, r_V"):
+        build_model("probex", 3, 3, 2, r=3)
+    with pytest.raises(ValueError, match=r"settings \['r_U'\] given beside a probex config"):
+        build_model(ProbeXConfig(), 3, 3, 2, r_U=3)
+    with pytest.raises(ValueError, match="no setting zs_temperature"):
+        build_model("probex", 3, 3, 2, text_dim=4, zs_temperature=3.0)
+    with pytest.raises(ValueError, match="zero-shot head settings need text_dim"):
+        build_model("dense", 3, 3, 2, zs_direction="weight_to_text")
+    with pytest.raises(ValueError, match="unknown preprocess 'whiten'"):
+        MultiViewConfig(preprocess="whiten")
+    with pytest.raises(ValueError, match="unknown zero-shot direction 'both'"):
+        TextHeadConfig(direction="both")
 
 
 def test_weight_statistics_by_hand() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from bench.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
-from probex_core.models import LayerRows, build_model
+from probex_core.models import LayerRows, ProbeXConfig, build_model
 from probex_core.ridge import fit_ridge, warm_start_probex
 from probex_core.store import load_expert, save_expert
 from probex_core.sweeps import layer_sweep, train_shared_baseline
@@ -187,9 +187,8 @@ def test_layer_sweep_picks_the_layer_with_signal(splits) -> None:
     noise = {k: TensorData(torch.randn_like(d.X), d.Y) for k, d in splits.items()}
     sweep = layer_sweep(
         {"noise": (noise["train"], noise["val"]), "signal": (splits["train"], splits["val"])},
-        "probex",
+        ProbeXConfig(**PROBEX),
         TrainConfig(epochs=15, val_every=5, batch_size=32),
-        **PROBEX,
     )
     assert sweep.best_layer == "signal"
     assert sweep.curve["signal"] > sweep.curve["noise"] + 0.2
@@ -207,7 +206,7 @@ def test_shared_baseline_spans_trees_of_different_shapes() -> None:
                 TensorData(t.X[idx["val"]], t.Y[idx["val"]]),
             )
         )
-    shared = train_shared_baseline(data, "probex", TrainConfig(epochs=2, val_every=1), **PROBEX)
+    shared = train_shared_baseline(data, ProbeXConfig(**PROBEX), TrainConfig(epochs=2, val_every=1))
     assert shared.shape == (20, 24)
     assert predict_proba(shared.result.model, shared.prepare(trees[1].X)).shape == (60, 6)
 

@@ -11,6 +11,7 @@ import torch
 
 from bench.synthetic import SyntheticConfig, SyntheticTree, make_tree
 from probex_core.metrics import topk_chance
+from probex_core.models import ProbeXConfig
 from probex_core.text import class_prompt
 from probex_core.train import TrainConfig
 from probex_core.zeroshot import (
@@ -59,7 +60,7 @@ def planted_report() -> dict:
         "test_holdout": split(held),
     }
     cfg = ZeroShotConfig(
-        hparams={"r_U": 16, "r_V": 16, "r_T": 32},
+        model=ProbeXConfig(r_U=16, r_V=16, r_T=32),
         train=TrainConfig(objective="zeroshot", epochs=40, val_every=10),
     )
     return zero_shot_report(splits, heldout, PlantedText(tree), cfg)
@@ -104,7 +105,7 @@ def test_expert_refuses_another_encoder():
     X = torch.randn(6, 5, 3)
     classes = [["a"], ["b"], ["c"], ["a"], ["b"], ["c"]]
     cfg = ZeroShotConfig(
-        hparams={"r_U": 2, "r_V": 2, "r_T": 4},
+        model=ProbeXConfig(r_U=2, r_V=2, r_T=4),
         train=TrainConfig(objective="zeroshot", epochs=2, val_every=1),
     )
     expert = train_zero_shot_expert((X, classes), (X, classes), _Tiny(), cfg)

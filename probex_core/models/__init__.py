@@ -2,12 +2,14 @@
 
 All models share one interface (`WeightModel`): `encode(X) -> e (N, r_T)`, `forward(X) ->
 logits (N, d_Y)` from a multi-label classification head, and `zero_shot_logits(X, T)` when
-built with a text width. `build_model` is the one factory; its `config` dict is what
+built with a text width. Each family has a frozen config (`models/config.py`); `build_model`
+is the one factory, and the keyword form of its arguments (`model.config`) is what
 checkpoints store to rebuild the model (see `store.save_expert`).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -21,11 +23,21 @@ from probex_core.models.baselines import (
     StatNN,
     weight_statistics,
 )
+from probex_core.models.config import (
+    FAMILIES,
+    DenseConfig,
+    ModelConfig,
+    MultiViewConfig,
+    ProbeXConfig,
+    StatNNConfig,
+    TextHeadConfig,
+    model_config,
+)
 from probex_core.models.probex import MultiViewProbe, ProbeX
 
-MODEL_KINDS = ("probex", "mvprobe", "dense", "statnn")
+MODEL_KINDS = tuple(FAMILIES)
 
-_KINDS: dict[str, type[WeightModel]] = {
+_MODELS: dict[str, type[WeightModel]] = {
     "probex": ProbeX,
     "mvprobe": MultiViewProbe,
     "dense": DenseProbe,
@@ -34,44 +46,40 @@ _KINDS: dict[str, type[WeightModel]] = {
 
 
 def build_model(
-    kind: str,
+    family: str | ModelConfig,
     d_H: int,
     d_W: int,
     n_classes: int,
     text_dim: int | None = None,
     seed: int = 0,
-    **hparams: Any,
+    text_head: TextHeadConfig | None = None,
+    **settings: Any,
 ) -> WeightModel:
-    """Build a model by kind (probex | mvprobe | dense | statnn); hparams go to its constructor.
+    """Build a model from its family's config (or a kind and that config's settings as
+    keywords, zs_* for the text head — the form checkpoints store).
 
     Initialisation is drawn from `seed` without touching the global RNG, so one seed gives one
-    model. The returned model's `config` records kind and all arguments, enough to rebuild it.
+    model. The returned model's `config` records all arguments as keywords, enough to rebuild it.
     """
-    if kind not in _KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
-    direction = hparams.pop("zs_direction", "text_to_weight")
+    if isinstance(family, str):
+        family, parsed = model_config(family, **settings)
+        text_head = text_head or parsed
+    elif settings:
+        raise ValueError(f"settings {sorted(settings)} given beside a {family.kind} config")
+    text_head = text_head or TextHeadConfig()
+    if text_head != TextHeadConfig() and not text_dim:
+        raise ValueError("zero-shot head settings need text_dim")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _KINDS[kind](d_H, d_W, n_classes, text_dim=text_dim, **hparams)
-        if direction != "text_to_weight":
-            if model.zero_shot is None:
-                raise ValueError("zs_direction needs text_dim")
-            head = model.zero_shot
-            model.zero_shot = ZeroShotHead(
-                text_dim,
-                model.r_T,
-                float(head.log_scale.detach().exp()),
-                head.log_scale.requires_grad,
-                direction,
-            )
-            hparams["zs_direction"] = direction
+        model = _MODELS[family.kind](d_H, d_W, n_classes, family, text_dim, text_head)
     model.config = {
-        "kind": kind,
+        "kind": family.kind,
         "d_H": d_H,
         "d_W": d_W,
         "n_classes": n_classes,
         "text_dim": text_dim,
-        **hparams,
+        **asdict(family),
+        **text_head.as_keywords(),
     }
     return model
 
@@ -84,15 +92,22 @@ __all__ = [
     "MODEL_KINDS",
     "N_STATS",
     "QUANTILE_SAMPLE",
+    "DenseConfig",
     "DenseProbe",
     "LayerRows",
+    "ModelConfig",
+    "MultiViewConfig",
     "MultiViewProbe",
     "ProbeX",
+    "ProbeXConfig",
     "StatNN",
+    "StatNNConfig",
+    "TextHeadConfig",
     "WeightModel",
     "ZeroShotHead",
     "build_model",
     "count_parameters",
+    "model_config",
     "probe_responses",
     "weight_statistics",
 ]

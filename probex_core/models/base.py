@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probex_core.models.config import ZERO_SHOT_DIRECTIONS, TextHeadConfig
+
 
 class ZeroShotHead(nn.Module):
     """Cosine logits between a model's representation e and class-text embeddings.
@@ -23,7 +25,7 @@ class ZeroShotHead(nn.Module):
     which avoids the degenerate "sharpen everything" solution on tiny training sets.
     """
 
-    DIRECTIONS = ("text_to_weight", "weight_to_text")
+    DIRECTIONS = ZERO_SHOT_DIRECTIONS
 
     def __init__(
         self,
@@ -60,20 +62,23 @@ class ZeroShotHead(nn.Module):
 class WeightModel(nn.Module):
     """Base: an encoder X → e (subclass `encode`), a linear head e → d_Y, an optional text head.
 
-    `config` holds every constructor argument, so `build_model(**config)` rebuilds the model.
+    `config` holds `build_model`'s arguments as keywords (the kind under "kind"), enough to
+    rebuild the model.
     """
 
     kind: str = ""
     # True when `encode` also takes `LayerRows` and reads them in place (no batch copy).
     reads_in_place: bool = False
 
-    def __init__(
-        self, r_T: int, n_classes: int, text_dim: int | None, zs_scale: float, zs_learn_scale: bool
-    ):
+    def __init__(self, r_T: int, n_classes: int, text_dim: int | None, text_head: TextHeadConfig):
         super().__init__()
         self.r_T = r_T
         self.head = nn.Linear(r_T, n_classes) if n_classes > 0 else None  # r_T → d_Y
-        self.zero_shot = ZeroShotHead(text_dim, r_T, zs_scale, zs_learn_scale) if text_dim else None
+        self.zero_shot = (
+            ZeroShotHead(text_dim, r_T, text_head.scale, text_head.learn_scale, text_head.direction)
+            if text_dim
+            else None
+        )
         self.config: dict[str, Any] = {}
 
     def encode(self, X: torch.Tensor) -> torch.Tensor:  # (N, d_H, d_W) → (N, r_T)

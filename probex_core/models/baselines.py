@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from probex_core.models.base import WeightModel
+from probex_core.models.config import DenseConfig, StatNNConfig, TextHeadConfig
 
 
 class DenseProbe(WeightModel):
@@ -26,13 +27,13 @@ class DenseProbe(WeightModel):
         d_H: int,
         d_W: int,
         n_classes: int,
-        bottleneck: int | None = None,
+        config: DenseConfig = DenseConfig(),
         text_dim: int | None = None,
-        zs_scale: float = 10.0,
-        zs_learn_scale: bool = True,
+        text_head: TextHeadConfig = TextHeadConfig(),
     ):
+        bottleneck = config.bottleneck
         r_T = bottleneck or n_classes
-        super().__init__(r_T, n_classes if bottleneck else 0, text_dim, zs_scale, zs_learn_scale)
+        super().__init__(r_T, n_classes if bottleneck else 0, text_dim, text_head)
         self.lin = nn.Linear(d_H * d_W, r_T)  # (d_H·d_W → r_T)
         self.bottleneck = bottleneck
 
@@ -122,12 +123,12 @@ class StatNN(WeightModel):
         d_H: int,
         d_W: int,
         n_classes: int,
-        hidden: int = 64,
+        config: StatNNConfig = StatNNConfig(),
         text_dim: int | None = None,
-        zs_scale: float = 10.0,
-        zs_learn_scale: bool = True,
+        text_head: TextHeadConfig = TextHeadConfig(),
     ):
-        super().__init__(hidden, n_classes, text_dim, zs_scale, zs_learn_scale)
+        hidden = config.hidden
+        super().__init__(hidden, n_classes, text_dim, text_head)
         self.register_buffer("feat_mean", torch.zeros(N_STATS))
         self.register_buffer("feat_std", torch.ones(N_STATS))
         self.mlp = nn.Sequential(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probex_core.models.base import LayerRows, WeightModel, probe_responses
+from probex_core.models.config import MultiViewConfig, ProbeXConfig, TextHeadConfig
 
 
 class ProbeX(WeightModel):
@@ -29,14 +30,12 @@ class ProbeX(WeightModel):
         d_H: int,
         d_W: int,
         n_classes: int,
-        r_U: int = 128,
-        r_V: int = 128,
-        r_T: int = 512,
+        config: ProbeXConfig = ProbeXConfig(),
         text_dim: int | None = None,
-        zs_scale: float = 10.0,
-        zs_learn_scale: bool = True,
+        text_head: TextHeadConfig = TextHeadConfig(),
     ):
-        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
+        super().__init__(config.r_T, n_classes, text_dim, text_head)
+        r_U, r_V, r_T = config.r_U, config.r_V, config.r_T
         self.U = nn.Parameter(torch.randn(d_W, r_U) / math.sqrt(d_W))  # probes (d_W, r_U)
         self.V = nn.Linear(d_H, r_V)  # shared projection along d_H
         self.M = nn.Linear(r_U * r_V, r_T)  # Σ_l M_l as one map
@@ -79,18 +78,13 @@ class MultiViewProbe(WeightModel):
         d_H: int,
         d_W: int,
         n_classes: int,
-        r: int = 64,
-        proj_dim: int = 32,
-        r_T: int = 512,
-        preprocess: str = "none",
+        config: MultiViewConfig = MultiViewConfig(),
         text_dim: int | None = None,
-        zs_scale: float = 10.0,
-        zs_learn_scale: bool = True,
+        text_head: TextHeadConfig = TextHeadConfig(),
     ):
-        super().__init__(r_T, n_classes, text_dim, zs_scale, zs_learn_scale)
-        if preprocess not in ("none", "center", "l2"):
-            raise ValueError(f"unknown preprocess {preprocess!r}")
-        self.preprocess = preprocess
+        super().__init__(config.r_T, n_classes, text_dim, text_head)
+        r, proj_dim, r_T = config.r, config.proj_dim, config.r_T
+        self.preprocess = config.preprocess
         self.U1 = nn.Parameter(torch.randn(d_W, r) / math.sqrt(d_W))
         self.U2 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))
         self.U3 = nn.Parameter(torch.randn(d_H, r) / math.sqrt(d_H))

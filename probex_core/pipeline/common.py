@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from probex_core.models import ProbeXConfig
 from probex_core.train import TrainConfig
 
 # Bump a step's version when its output for the same input changes: every partition of that
@@ -18,7 +19,7 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "5",
     "tree_layers": "3",
-    "tree_experts": "7",
+    "tree_experts": "8",
     "model_predictions": "4",
     "evaluations": "8",
 }
@@ -82,6 +83,11 @@ class ExpertSettings:
     def __post_init__(self) -> None:
         if self.probex_init not in ("ridge", "random"):
             raise ValueError(f"probex_init must be 'ridge' or 'random', not {self.probex_init!r}")
+
+    @property
+    def probex(self) -> ProbeXConfig:
+        """The experts' ProbeX ranks as the model family's config."""
+        return ProbeXConfig(r_U=self.r_U, r_V=self.r_V, r_T=self.r_T)
 
     def train_config(self, objective: str, sweep: bool = False) -> TrainConfig:
         """How one expert (or, with `sweep`, one candidate layer of the sweep) is trained."""

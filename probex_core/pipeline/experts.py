@@ -11,7 +11,7 @@ import torch
 from probex_core.catalog import Home, read_table, write_table
 from probex_core.digest import digest
 from probex_core.metrics import per_class_accuracy, topk_accuracy
-from probex_core.models import build_model, count_parameters
+from probex_core.models import TextHeadConfig, build_model, count_parameters
 from probex_core.pipeline.common import (
     CODE_VERSIONS,
     ExpertSettings,
@@ -200,8 +200,7 @@ def _train_classifiers(run: _ExpertRun, ridge: RidgeResult) -> tuple[TrainResult
     chance = majority_chance(run.train.Y, run.val.Y)
     cfg = settings.train_config("single" if run.single_label else "classify")
     _, probex = warm_probex(run.train, run.val, n, cfg, settings, run.single_label, ridge=ridge)
-    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
-    models = {"probex-scratch": build_model("probex", d_H, d_W, n, seed=settings.seed, **hp)}
+    models = {"probex-scratch": build_model(settings.probex, d_H, d_W, n, seed=settings.seed)}
     skipped = []
     for kind in BASELINES:
         if kind == "dense" and d_H * d_W * n > settings.dense_max_params:
@@ -234,11 +233,11 @@ def _train_zero_shot(run: _ExpertRun, classifier) -> str:
         metric, chance = "val_zero_shot_ranking_auc", 0.5
     train = (run.train.X, class_lists(run.train.Y, run.classes))
     val = (run.val.X, class_lists(run.val.Y, run.classes))
-    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
     scores = {}
     for loss in ("softmax",) if run.single_label else ("softmax", "bce"):
         cfg = ZeroShotConfig(
-            hparams={**hp, "zs_direction": "weight_to_text"},
+            model=settings.probex,
+            text_head=TextHeadConfig(direction="weight_to_text"),
             train=replace(settings.train_config("zeroshot"), zs_loss=loss),
             seed=settings.seed,
         )
@@ -304,8 +303,7 @@ def warm_probex(
     `settings.probex_init == "random"`)."""
     ridge = ridge or fit_ridge(train, val, single=single_label)
     d_H, d_W = train.shape
-    hp = {"r_U": settings.r_U, "r_V": settings.r_V, "r_T": settings.r_T}
-    model = build_model("probex", d_H, d_W, n_classes, seed=settings.seed, **hp)
+    model = build_model(settings.probex, d_H, d_W, n_classes, seed=settings.seed)
     if settings.probex_init == "ridge":
         warm_start_probex(model, ridge.model, train)
     return ridge, train_expert(model, train, val, cfg)
