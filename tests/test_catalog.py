@@ -71,7 +71,7 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
 def test_parts_from_older_code_get_new_columns_as_null(tmp_path):
     """A model_embeddings part written before the search calibration existed still binds the
     views (calibration NULL), and search ranks those rows by plain cosine."""
-    from bench.ivf import SEARCH_MODELS_SQL
+    from bench.index import SEARCH_MODELS_SQL
 
     home = Home(tmp_path)
     old = pd.DataFrame(

@@ -1,4 +1,4 @@
-"""Text → model search: exact, IVF, tree filter, save/load, and the DuckDB SQL route."""
+"""Text → model search: exact, tree filter, save/load, and the DuckDB SQL route."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.ivf import (
-    IVFIndex,
-    SearchIndex,
-    load_index,
-    recall_at_k,
-    search_models_duckdb,
-    search_models_sql,
-    spherical_kmeans,
-)
+from bench.index import SearchIndex, load_index, search_models_duckdb, search_models_sql
 
 
 def clustered(n: int, d: int, n_clusters: int, noise: float, seed: int = 0):
@@ -64,22 +56,11 @@ def test_tree_filter(data):
     x, _, repo_ids, trees, documented = data
     q = np.random.default_rng(2).standard_normal(x.shape[1]).astype(np.float32)
     keep = [t == "tree1" for t in trees]
-    for index in (SearchIndex(x, repo_ids, trees, documented), IVFIndex(x, repo_ids, trees)):
-        hits = index.search(q, k=10, tree="tree1")
-        assert {h.tree_id for h in hits} == {"tree1"}
-        assert [h.repo_id for h in hits] == brute_force(x, repo_ids, q, 10, keep)
-        assert index.search(q, k=10, tree="no-such-tree") == []
-
-
-def test_ivf_tree_filter_on_a_large_tree_probes_and_filters(data):
-    x, centres, repo_ids, trees, _ = data
-    exact = SearchIndex(x, repo_ids, trees)
-    ivf = IVFIndex(x, repo_ids, trees, n_lists=64, n_probe=3)  # tree1 is too big to scan
-    queries = centres[:20]
-    for q in queries:
-        hits = ivf.search(q, k=10, tree="tree1")
-        assert len(hits) == 10 and {h.tree_id for h in hits} == {"tree1"}
-    assert recall_at_k(ivf, exact, queries, k=10, tree="tree1") >= 0.8
+    index = SearchIndex(x, repo_ids, trees, documented)
+    hits = index.search(q, k=10, tree="tree1")
+    assert {h.tree_id for h in hits} == {"tree1"}
+    assert [h.repo_id for h in hits] == brute_force(x, repo_ids, q, 10, keep)
+    assert index.search(q, k=10, tree="no-such-tree") == []
 
 
 def test_k_larger_than_index_and_no_metadata():
@@ -100,35 +81,13 @@ def test_bad_inputs_are_rejected(data):
         SearchIndex(x, repo_ids).search(np.ones(3), k=1)
 
 
-def test_ivf_recall_on_clustered_data(data):
-    x, centres, repo_ids, trees, _ = data
-    exact = SearchIndex(x, repo_ids, trees)
-    ivf = IVFIndex(x, repo_ids, trees, n_lists=64, n_probe=8)
-    rng = np.random.default_rng(3)
-    queries = centres[rng.integers(0, len(centres), 50)] + 0.3 * rng.standard_normal(
-        (50, x.shape[1])
-    ).astype(np.float32) / np.sqrt(x.shape[1])
-    assert recall_at_k(ivf, exact, queries, k=10) >= 0.9
-    # probing every list is exhaustive, so recall is exactly 1
-    assert recall_at_k(ivf, exact, queries, k=10, n_probe=ivf.n_lists) == 1.0
-
-
-def test_kmeans_centroids_are_unit_and_all_used(data):
-    x = data[0]
-    c = spherical_kmeans(x, 16, n_iter=5)
-    assert c.shape == (16, x.shape[1])
-    assert np.allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
-    assert len(np.unique(np.argmax(x @ c.T, axis=1))) == 16
-
-
-@pytest.mark.parametrize("cls", [SearchIndex, IVFIndex])
-def test_save_load_round_trip(tmp_path, data, cls):
+def test_save_load_round_trip(tmp_path, data):
     x, _, repo_ids, trees, documented = data
-    index = cls(x, repo_ids, trees, documented)
+    index = SearchIndex(x, repo_ids, trees, documented)
     path = tmp_path / "index.safetensors"
     index.save(path)
     loaded = load_index(path)
-    assert type(loaded) is cls and len(loaded) == len(index)
+    assert type(loaded) is SearchIndex and len(loaded) == len(index)
     q = x[17] + 0.1
     assert loaded.search(q, 10) == index.search(q, 10)
     assert loaded.search(q, 10, tree="tree2") == index.search(q, 10, tree="tree2")

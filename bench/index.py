@@ -2,14 +2,11 @@
 
 Each model's embedding lives in the shared weight-language space (the zero-shot head maps
 weights there), and is computed once when its prediction is materialised; searching never
-re-reads weights. Three routes to the same ranking:
-- `SearchIndex`: exact — one normalised matmul plus `argpartition`. At 100 k × 384 this is a
-  few milliseconds, so it is the default.
-- `IVFIndex`: approximate — a spherical k-means coarse quantizer, probing the `n_probe` lists
-  whose centroids are closest to the query. For hubs far past 100 k; its recall is measured
-  against the exact index (`recall_at_k`, `probex bench search`).
-- SQL: `SEARCH_MODELS_SQL` over the catalog's `embeddings` view, so the ranking is reachable
-  from DuckDB without Python.
+re-reads weights. Two routes to the same ranking, which `probex bench search` times beside
+faiss's exact, IVF and HNSW indexes (approximate search is faiss's job, not ours):
+- SQL: `SEARCH_MODELS_SQL` over the catalog's `embeddings` view — what `probex search` runs.
+- `SearchIndex`: exact in memory — one normalised matmul plus `argpartition`; a few
+  milliseconds at 100 k × 384.
 
 Calibration. Each tree's zero-shot expert scores texts on its own scale, and one tree's
 embeddings can sit closer to every text than another's (on the default zoo the LoRA tree won
@@ -25,7 +22,6 @@ ids, tree ids and documented flags as JSON strings.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -193,9 +189,6 @@ class SearchIndex:
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"embeddings": self._emb, "calibration": self._calib}
 
-    def _params(self) -> dict[str, Any]:
-        return {}
-
     def save(self, path: str | Path) -> None:
         """One safetensors file: vectors as tensors, ids and flags as JSON metadata."""
         meta = {
@@ -204,130 +197,8 @@ class SearchIndex:
             "repo_ids": json.dumps(self.repo_ids),
             "tree_ids": json.dumps(self.tree_ids),
             "documented": json.dumps(self.documented),
-            "params": json.dumps(self._params()),
         }
         atomic_write_bytes(Path(path), save(self._arrays(), metadata=meta))
-
-
-class IVFIndex(SearchIndex):
-    """Approximate search: inverted lists under a spherical k-means coarse quantizer.
-
-    A query scores the `n_lists` centroids, then only the rows of the `n_probe` best lists.
-    The default probes a tenth of the lists: on diffuse synthetic clusters at 100 k rows
-    that is what recall@10 ≥ 0.9 needed (`probex bench search` prints the sweep).
-    With a tree filter, a small tree is searched exactly (cheaper than probing); a large one
-    is probed and filtered, falling back to exact when fewer than k of its rows were probed.
-    """
-
-    kind = "ivf"
-
-    def __init__(
-        self,
-        embeddings: np.ndarray | torch.Tensor,
-        repo_ids: Sequence[str],
-        tree_ids: Sequence[str | None] | None = None,
-        documented: Sequence[bool] | None = None,
-        scales: Sequence[float] | np.ndarray | None = None,
-        offsets: Sequence[float] | np.ndarray | None = None,
-        *,
-        n_lists: int | None = None,  # default ≈ √N
-        n_probe: int | None = None,  # default: a tenth of the lists, at least 8
-        n_iter: int = 10,
-        train_size: int = 64 * 1024,  # k-means is fitted on at most this many rows
-        seed: int = 0,
-    ) -> None:
-        super().__init__(embeddings, repo_ids, tree_ids, documented, scales, offsets)
-        n = len(self)
-        n_lists = max(1, min(n, n_lists or round(math.sqrt(n))))
-        rng = np.random.default_rng(seed)
-        train = self._emb[rng.choice(n, min(n, train_size), replace=False)] if n else self._emb
-        centroids = spherical_kmeans(train, n_lists, n_iter=n_iter, seed=seed)
-        assign = _nearest(self._emb, centroids)
-        order = np.argsort(assign, kind="stable")
-        offsets = np.searchsorted(assign[order], np.arange(n_lists + 1)).astype(np.int64)
-        self._set_ivf(
-            self._emb[order],
-            [self.repo_ids[i] for i in order],
-            [self.tree_ids[i] for i in order],
-            None if self.documented is None else [self.documented[i] for i in order],
-            self._calib[:, order],
-            centroids,
-            offsets,
-            n_probe or max(8, math.ceil(n_lists / 10)),
-        )
-
-    def _set_ivf(
-        self,
-        emb: np.ndarray,
-        repo_ids: list[str],
-        tree_ids: list[str | None],
-        documented: list[bool] | None,
-        calib: np.ndarray,
-        centroids: np.ndarray,
-        offsets: np.ndarray,
-        n_probe: int,
-    ) -> None:
-        self._set(emb, repo_ids, tree_ids, documented, calib)
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.offsets = offsets.astype(np.int64)
-        self.n_probe = n_probe
-        codes = {t: i for i, t in enumerate(self._tree_rows)}
-        self._tree_code = np.array([codes[t] for t in tree_ids], dtype=np.int32)
-        self._tree_index = codes
-
-    @property
-    def n_lists(self) -> int:
-        return self.centroids.shape[0]
-
-    def _probe(self, q: np.ndarray, n_probe: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every row in the n_probe lists nearest to q."""
-        lists = _top_k(self.centroids @ q, n_probe)
-        rows, scores = [], []
-        for lst in lists.tolist():
-            lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
-            if hi > lo:
-                rows.append(np.arange(lo, hi))
-                scores.append(self._scores(q, slice(lo, hi)))
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return np.concatenate(rows), np.concatenate(scores)
-
-    def search(
-        self,
-        text_vec: np.ndarray | torch.Tensor,
-        k: int = 10,
-        tree: str | None = None,
-        n_probe: int | None = None,
-    ) -> list[SearchHit]:
-        q = self._query(text_vec)
-        n_probe = n_probe or self.n_probe
-        tree_rows = None
-        if tree is not None:
-            tree_rows = self._tree_rows.get(tree)
-            if tree_rows is None:
-                return []
-            expected_probed = n_probe * len(self) / max(self.n_lists, 1)
-            if tree_rows.size <= 4 * expected_probed:
-                return self._exact_rows(q, tree_rows, k)
-        rows, scores = self._probe(q, n_probe)
-        if tree is not None:
-            keep = self._tree_code[rows] == self._tree_index[tree]
-            rows, scores = rows[keep], scores[keep]
-        if rows.size < min(k, len(self) if tree_rows is None else tree_rows.size):
-            return self._exact_rows(q, tree_rows, k)
-        top = _top_k(scores, k)
-        return self._hits(rows[top], scores[top])
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "embeddings": self._emb,
-            "calibration": self._calib,
-            "centroids": self.centroids,
-            "offsets": self.offsets,
-        }
-
-    def _params(self) -> dict[str, Any]:
-        return {"n_probe": self.n_probe}
 
 
 def _calibration(
@@ -346,40 +217,8 @@ def _calibration(
     return out
 
 
-def spherical_kmeans(x: np.ndarray, n: int, n_iter: int = 10, seed: int = 0) -> np.ndarray:
-    """(n, D) unit centroids of unit rows x, by Lloyd iterations on cosine similarity.
-
-    An emptied cluster is re-seeded with a random row, so all n lists stay in use.
-    """
-    rng = np.random.default_rng(seed)
-    if x.shape[0] == 0:
-        return np.zeros((n, x.shape[1]), dtype=np.float32)
-    c = x[rng.choice(x.shape[0], n, replace=x.shape[0] < n)].copy()
-    for _ in range(n_iter):
-        assign = _nearest(x, c)
-        order = np.argsort(assign, kind="stable")
-        counts = np.bincount(assign, minlength=n)
-        present = np.flatnonzero(counts)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-        c_new = c.copy()
-        c_new[present] = np.add.reduceat(x[order], starts, axis=0)
-        empty = np.flatnonzero(counts == 0)
-        if empty.size:
-            c_new[empty] = x[rng.choice(x.shape[0], empty.size)]
-        c = _normalise_rows(c_new)
-    return c.astype(np.float32)
-
-
-def _nearest(x: np.ndarray, c: np.ndarray, chunk: int = 16384) -> np.ndarray:
-    """Index of the most similar centroid for each row, in chunks to bound memory."""
-    out = np.empty(x.shape[0], dtype=np.int64)
-    for i in range(0, x.shape[0], chunk):
-        out[i : i + chunk] = np.argmax(x[i : i + chunk] @ c.T, axis=1)
-    return out
-
-
 def load_index(path: str | Path) -> SearchIndex:
-    """Load a `SearchIndex` or `IVFIndex` written by `.save`, exactly as it was (no re-clustering)."""
+    """Load a `SearchIndex` written by `.save`, exactly as it was."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as f:
@@ -388,46 +227,12 @@ def load_index(path: str | Path) -> SearchIndex:
     repo_ids = json.loads(meta["repo_ids"])
     tree_ids = json.loads(meta["tree_ids"])
     documented = json.loads(meta["documented"])
-    params = json.loads(meta["params"])
     kind = meta.get("kind")
     if kind == SearchIndex.kind:
         index = SearchIndex.__new__(SearchIndex)
         index._set(arrays["embeddings"], repo_ids, tree_ids, documented, arrays["calibration"])
         return index
-    if kind == IVFIndex.kind:
-        ivf = IVFIndex.__new__(IVFIndex)
-        ivf._set_ivf(
-            arrays["embeddings"],
-            repo_ids,
-            tree_ids,
-            documented,
-            arrays["calibration"],
-            arrays["centroids"],
-            arrays["offsets"],
-            int(params["n_probe"]),
-        )
-        return ivf
     raise ValueError(f"{path}: unknown index kind {kind!r}")
-
-
-def recall_at_k(
-    approx: SearchIndex,
-    exact: SearchIndex,
-    queries: np.ndarray | torch.Tensor,
-    k: int = 10,
-    tree: str | None = None,
-    **search_kwargs: Any,
-) -> float:
-    """Mean fraction of the exact top-k that the approximate index also returns."""
-    q = _as_matrix(queries)
-    found = 0
-    total = 0
-    for row in q:
-        truth = {h.repo_id for h in exact.search(row, k, tree=tree)}
-        got = {h.repo_id for h in approx.search(row, k, tree=tree, **search_kwargs)}
-        found += len(truth & got)
-        total += len(truth)
-    return found / max(total, 1)
 
 
 def search_models_sql() -> str:
