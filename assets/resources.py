@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from probex_core.catalog import Home
-from probex_core.env import default_zoo_hub, home_root, hub_from_env
+from probex_core.env import default_zoo_hub, home_root, hub_from_env, zoo_manifest_path
 
 
 def default_home() -> str:
@@ -51,13 +51,7 @@ class HubSourceResource(dg.ConfigurableResource):
         hub (`probex zoo generate --out DIR`, then `--hub DIR`) or beside its `hub/`."""
         if self.ground_truth:
             return Path(self.ground_truth)
-        if ":" in self.spec.split("/")[0]:  # hf-cache:, hf:, modelj: hold no zoo manifest
-            return None
-        hub = Path(self.spec).expanduser()
-        for candidate in (hub / "manifest.json", hub.parent / "manifest.json"):
-            if candidate.is_file():
-                return candidate
-        return None
+        return zoo_manifest_path(self.spec)
 
 
 def make_resources(home: str | None = None, hub: str | None = None) -> dict:

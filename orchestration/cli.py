@@ -146,18 +146,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from probex_core.catalog import query
+    from probex_core.pipeline.report import build_report, write_report
 
     home = _home(args)
-    for title, name in (
-        ("Summary", "report_summary"),
-        ("Trees", "report_trees"),
-        ("Experts (validation)", "report_experts"),
-        ("Evaluations (ground truth)", "report_evaluations"),
-    ):
-        print(f"## {title}\n")
-        print(_table(query(home, load_named(name))))
-        print()
+    report = build_report(home, measure_speed=not args.no_speed)
+    path = write_report(home, report)
+    print(report.markdown())
+    print(f"report written to {path} (with {len(report.plots)} plots beside it)")
     return 0
 
 
@@ -250,7 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--hub", default=None, help="hub to resolve a repo id in")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show")
 
-    _command(sub, "report", "trees, experts and evaluations", _cmd_report)
+    report = _command(
+        sub,
+        "report",
+        "the results report: every method per tree, zero-shot, routing, layers, cost; "
+        "writes $PROBEX_HOME/report/report.md with its plots",
+        _cmd_report,
+    )
+    report.add_argument(
+        "--no-speed", action="store_true", help="skip timing inference (the slowest part)"
+    )
 
     bench = _command(sub, "bench", "side-by-side benchmarks that print ratios", _cmd_bench)
     bench.add_argument("name", nargs="?", default=None, help="one bench (all when omitted)")

@@ -36,3 +36,16 @@ def zoo_dir(home: Path, preset: str = DEFAULT_ZOO) -> Path:
 def default_zoo_hub(home: Path, preset: str = DEFAULT_ZOO) -> Path:
     """The hub of the embedded zoo under a home."""
     return zoo_dir(home, preset) / "hub"
+
+
+def zoo_manifest_path(hub: str | Path) -> Path | None:
+    """A zoo's manifest.json (its ground truth) for a local hub: inside the folder given as
+    the hub (`probex zoo generate --out DIR`, then `--hub DIR`) or beside its `hub/`; None
+    for a remote or cache spec (hf:, hf-cache:, modelj:) or a hub without one."""
+    if ":" in str(hub).split("/")[0]:
+        return None
+    path = Path(hub).expanduser()
+    for candidate in (path / "manifest.json", path.parent / "manifest.json"):
+        if candidate.is_file():
+            return candidate
+    return None

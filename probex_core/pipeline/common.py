@@ -19,9 +19,9 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "5",
     "tree_layers": "3",
-    "tree_experts": "8",
+    "tree_experts": "9",
     "model_predictions": "4",
-    "evaluations": "8",
+    "evaluations": "9",
 }
 
 

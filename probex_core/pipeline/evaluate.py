@@ -28,8 +28,9 @@ from probex_core.metrics import (
     topk_accuracy,
     topk_chance,
 )
-from probex_core.pipeline.common import StepReport, png
+from probex_core.pipeline.common import StepReport
 from probex_core.pipeline.labels import is_list, majority_chance, text_encoder, tree_labels
+from probex_core.pipeline.report import build_report, write_report
 from probex_core.schemas import frame
 from probex_core.store import ExpertMeta, TreeExperts, TreeLayers
 from probex_core.text import class_prompts
@@ -181,11 +182,20 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
 
 
 def _finish(home: Home, rows: _Rows, summary: dict) -> StepReport:
+    """Write the rows, then the results report from them (`report/report.md`); the UI gets
+    the report's tables and plots."""
     df = frame(rows, "evaluation_rows")
     write_table(home, "evaluation_rows", df)
     refresh_views(home)
-    plots = {"test accuracy per tree and method": _plot(df)} if (df.split == "test").any() else {}
-    return StepReport(summary={**summary, "rows": len(df)}, tables={"evaluations": df}, plots=plots)
+    results = build_report(home)
+    path = write_report(home, results)
+    tables = {s.title: s.table for s in results.sections if s.table is not None}
+    missing = {s.title: s.note for s in results.sections if s.table is None}
+    return StepReport(
+        summary={**summary, "rows": len(df), "report": str(path), **missing},
+        tables={"evaluations": df, **tables},
+        plots=results.plots,
+    )
 
 
 def _validation_rows(rows: _Rows, experts) -> None:
@@ -378,18 +388,3 @@ def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None
 
 def _binomial_se(p: float, n: int) -> float:
     return float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
-
-
-def _plot(df) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sub = df[(df.split == "test") & (df.metric == "per_class_accuracy")]
-    piv = sub.pivot_table(index="tree_id", columns="method", values="value")
-    fig, ax = plt.subplots(figsize=(7, 3))
-    piv.plot.bar(ax=ax, rot=20)
-    ax.set_ylim(0.4, 1.0)
-    ax.set_ylabel("per-class accuracy (test)")
-    return png(fig)

@@ -211,7 +211,8 @@ def _train_classifiers(run: _ExpertRun, ridge: RidgeResult) -> tuple[TrainResult
         res = (
             probex if method == "probex" else train_expert(models[method], run.train, run.val, cfg)
         )
-        ckpt = run.save(method, res.model, method=method, params=count_parameters(res.model))
+        ckpt = run.save(method, res.model, method=method, params=count_parameters(res.model),
+                        epoch_seconds=round(res.epoch_seconds, 5))  # fmt: skip
         run.record_classifier(method, res.model, ckpt, chance)
     # the closed-form ridge read-out: the warm start, and a cheap linear bar beside the experts
     ckpt = run.save("ridge", ridge.model, method="ridge", ridge_lambda=ridge.ridge)

@@ -1,0 +1,84 @@
+"""The results report: written by the evaluations step and by `probex report`, its numbers
+the catalog's, and honest about what it cannot fill."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from orchestration.cli import main
+from probex_core.catalog import Home, query, read_table, refresh_views, write_table
+from probex_core.pipeline.report import CLASSIFIERS, build_report, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_evaluations_step_writes_the_report_with_its_plots(built) -> None:
+    home, _ = built
+    text = (home.root / "report" / "report.md").read_text()
+    assert text.startswith("# probex results report")
+    assert "- zoo: preset tiny, seed 0" in text
+    for name in ("accuracy.png", "layer_sweep.png"):
+        assert (home.root / "report" / name).read_bytes().startswith(PNG), name
+        assert f"![{name}]({name})" in text
+
+
+def test_every_accuracy_in_the_report_is_the_catalogs(built) -> None:
+    home, _ = built
+    report = build_report(home, measure_speed=False)
+    acc = report.section("Discriminative accuracy per tree").table
+    assert acc is not None
+    trained = query(home, "SELECT name, tree_id FROM trees WHERE expert_status = 'trained'")
+    assert sorted(acc.tree) == sorted(trained.name)
+    ev = query(home, "SELECT * FROM evaluations WHERE split = 'test'")
+    for row in acc.to_dict("records"):
+        tree_id = trained.set_index("name").tree_id[row["tree"]]
+        for title, method in CLASSIFIERS:
+            want = ev[
+                (ev.tree_id == tree_id) & (ev.method == method) & (ev.metric == row["metric"])
+            ]
+            assert row[title] == pytest.approx(want.value.iloc[0]), title
+    # one-class-per-model trees (LoRA) are scored by top-1, the others per class
+    lora = query(home, "SELECT name FROM trees WHERE kind = 'lora'").name.iloc[0]
+    assert acc.set_index("tree").metric[lora] == "top1"
+    sweep = report.section("Layer sweep").table
+    chosen = sweep[sweep.chosen]
+    assert dict(zip(chosen.tree, chosen.layer, strict=True)) == dict(
+        query(
+            home, "SELECT name, expert_layer FROM trees WHERE expert_status = 'trained'"
+        ).itertuples(index=False)
+    )
+
+
+def test_probex_report_writes_the_file_and_prints_it(built, monkeypatch, capsys) -> None:
+    home, _ = built
+    monkeypatch.setenv("PROBEX_HOME", str(home.root))
+    (home.root / "report" / "report.md").unlink()
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    text = (home.root / "report" / "report.md").read_text()
+    assert text in out and "report written to" in out
+    cost = text.split("## Cost per method")[1].split("##")[0]
+    assert "models/s" in cost and "s/epoch" in cost  # timed, and epochs recorded at training
+    assert "| nan" not in cost.split("ridge")[0]  # every trained expert has its epoch time
+
+
+def test_a_home_without_ground_truth_says_which_tables_it_cannot_fill(built, tmp_path) -> None:
+    src, _ = built
+    shutil.copytree(src.root, tmp_path / "home", ignore=shutil.ignore_patterns("*.duckdb*"))
+    home = Home(tmp_path / "home")
+    rows = read_table(home, "evaluation_rows")
+    write_table(home, "evaluation_rows", rows[rows.split == "val"])  # what a hub without truth has
+    (home.root / "run.json").unlink()
+    refresh_views(home)
+    report = build_report(home, measure_speed=False)
+    for title in ("Discriminative accuracy per tree", "Zero-shot and text search"):
+        section = report.section(title)
+        assert section.table is None and "no ground truth" in section.note, title
+    assert report.section("Layer sweep").table is not None  # needs no ground truth
+    assert report.header["zoo"].startswith("no zoo manifest")
+    text = write_report(home, report).read_text()
+    assert "Cannot fill: the hub has no ground truth" in text
+    assert isinstance(report.section("Cost per method").table, pd.DataFrame)
