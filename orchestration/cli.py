@@ -149,6 +149,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from probex_core.pipeline.report import build_report, write_report
 
     home = _home(args)
+    if args.experiments:
+        from probex_core.pipeline.experiments import run_experiments_on_home
+
+        run_experiments_on_home(home, progress=lambda line: print(line, flush=True))
     report = build_report(home, measure_speed=not args.no_speed)
     path = write_report(home, report)
     print(report.markdown())
@@ -252,8 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "writes $PROBEX_HOME/report/report.md with its plots",
         _cmd_report,
     )
+    report.add_argument("--no-speed", action="store_true", help="skip timing inference per method")
     report.add_argument(
-        "--no-speed", action="store_true", help="skip timing inference (the slowest part)"
+        "--experiments",
+        action="store_true",
+        help="first train the report's experiments (probes ablation, one shared model across "
+        "trees) on every trained tree; minutes per tree",
     )
 
     bench = _command(sub, "bench", "side-by-side benchmarks that print ratios", _cmd_bench)

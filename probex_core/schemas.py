@@ -108,6 +108,18 @@ TABLES: dict[str, dict[str, str]] = {
         "n": "int",
         "split": "str",
     },
+    # `probex report --experiments`: extra models per tree, scored on its test models
+    "report_experiments": {
+        "tree_id": "str",
+        "experiment": "str",  # "probes" (ablation) | "shared" (one model over all trees)
+        "setting": "str",
+        "metric": "str",
+        "value": "float",
+        "chance": "float",
+        "params": "int",
+        "epoch_seconds": "float",
+        "n": "int",
+    },
 }
 
 

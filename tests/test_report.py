@@ -82,3 +82,33 @@ def test_a_home_without_ground_truth_says_which_tables_it_cannot_fill(built, tmp
     text = write_report(home, report).read_text()
     assert "Cannot fill: the hub has no ground truth" in text
     assert isinstance(report.section("Cost per method").table, pd.DataFrame)
+
+
+def test_experiments_reproduce_the_expert_and_fill_their_sections(built, tmp_path) -> None:
+    """The ablation at the experts' own ranks is the expert (same data, seed and warm
+    start: the same test score); the shared model is scored on every trained tree."""
+    from probex_core.pipeline.experiments import run_experiments_on_home
+
+    src, _ = built
+    shutil.copytree(src.root, tmp_path / "home", ignore=shutil.ignore_patterns("*.duckdb*"))
+    home = Home(tmp_path / "home")
+    refresh_views(home)
+    run_experiments_on_home(home)
+    ran = query(home, "SELECT * FROM raw_report_experiments")
+    trained = set(query(home, "SELECT tree_id FROM trees WHERE expert_status = 'trained'").tree_id)
+    assert set(ran.tree_id) == trained
+    own = query(home, "SELECT tree_id, metric, value FROM evaluations WHERE method = 'probex'")
+    for tree_id in trained:
+        mine = ran[(ran.tree_id == tree_id) & (ran.experiment == "probes")]
+        assert len(mine) == 6  # r_U 1, 8, 32, 128 at r_T 128; r_T 16, 512 at r_U 32
+        same = mine[mine.setting == "r_U=32 r_T=128"].iloc[0]
+        want = own[(own.tree_id == tree_id) & (own.metric == same.metric)].value.iloc[0]
+        assert same.value == pytest.approx(want, abs=1e-6)
+        by_probes = mine[mine.setting.str.endswith("r_T=128")].params.tolist()
+        assert by_probes == sorted(by_probes) and len(set(by_probes)) == 4  # more probes, more
+    shared = ran[ran.experiment == "shared"]
+    assert set(shared.tree_id) == trained and shared.params.nunique() == 1
+    report = build_report(home, measure_speed=False)
+    assert report.section("Probes ablation").table is not None
+    table = report.section("Per-tree experts against one shared model").table
+    assert len(table) == len(trained) and table["expert per tree"].notna().all()

@@ -152,7 +152,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     held-out models, and text search over held-out class names."""
     rows = _Rows()
     _validation_rows(rows, read_table(home, "expert_results"))
-    truth = _load_truth(home, manifest_path)
+    truth = load_truth(home, manifest_path)
     if not truth.models:
         return _finish(home, rows, {"ground_truth": "none"})
     summary = read_table(home, "tree_summary").set_index("tree_id")
@@ -207,7 +207,7 @@ def _validation_rows(rows: _Rows, experts) -> None:
         rows.add(r.tree_id, method, r.metric, r.value, r.chance, r.n_val, "val")
 
 
-def _load_truth(home: Home, manifest_path: Path | None) -> _Truth:
+def load_truth(home: Home, manifest_path: Path | None) -> _Truth:
     """A zoo's manifest when there is one, else the labels the hub declares (`hub_truth`)."""
     if manifest_path:
         manifest = json.loads(Path(manifest_path).read_text())

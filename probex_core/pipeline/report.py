@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import torch
 
@@ -26,6 +27,7 @@ from probex_core.files import atomic_path
 from probex_core.models import count_parameters
 from probex_core.pipeline.common import png
 from probex_core.pipeline.query import last_run_hub
+from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.train import predict_logits
 
@@ -46,10 +48,10 @@ ZERO_SHOT_METRICS = (
 )
 NO_TRUTH = "the hub has no ground truth (no manifest.json and no labelled test split)"
 NOT_YET = (
-    "one shared ProbeX across all trees, a cross-tree weight-space learner "
-    "(MultiZoo-SANE style), multi-view ProbeX in the pipeline, the probes ablation "
-    "(r_U, r_T), a Model-J-layout hub and a second zoo seed are not measured by this report yet"
+    "a cross-tree weight-space learner (MultiZoo-SANE style), multi-view ProbeX in the "
+    "pipeline, a Model-J-layout hub and a second zoo seed are not measured by this report yet"
 )
+NOT_RUN = "Not run yet: `probex report --experiments` trains these models (minutes per tree)."
 
 
 @dataclass
@@ -95,6 +97,7 @@ def build_report(home: Home, measure_speed: bool = True) -> Report:
         _routing_and_recovery(evals, truth),
         _layer_sweep(home, trees),
         _cost(home, trees, measure_speed),
+        *_experiments(home, evals, names),
         Section("Not measured yet", None, NOT_YET + "."),
         _sql_section(
             home,
@@ -242,10 +245,7 @@ def _routing_and_recovery(evals: pd.DataFrame, truth: bool) -> Section:
 
 def _layer_sweep(home: Home, trees: pd.DataFrame) -> Section:
     title = "Layer sweep"
-    try:
-        sweep = query(home, "SELECT tree_id, layer, val_metric FROM raw_layer_sweep")
-    except Exception as e:  # a home whose catalog predates the sweep table
-        return Section(title, None, f"Cannot fill: no layer sweep in the catalog ({e}).")
+    sweep = query(home, "SELECT tree_id, layer, val_metric FROM raw_layer_sweep")
     if sweep.empty:
         return Section(title, None, "Cannot fill: no tree was swept (no trained experts).")
     chosen = dict(zip(trees.tree_id, trees.expert_layer, strict=True))
@@ -285,6 +285,48 @@ def _cost(home: Home, trees: pd.DataFrame, measure_speed: bool) -> Section:
         "pass, this machine, now: a shared machine's load moves it)."
     )
     return Section(title, pd.DataFrame(rows), note)
+
+
+def _experiments(home: Home, evals: pd.DataFrame, names: dict) -> list[Section]:
+    """The on-demand experiments (`pipeline.experiments`), when they were run."""
+    try:
+        ran = query(home, "SELECT * FROM raw_report_experiments")
+    except duckdb.CatalogException:  # a catalog refreshed before the table existed
+        ran = frame([], "report_experiments")
+    ran = ran.assign(tree=ran.tree_id.map(lambda t: names.get(t, t)))
+    probes = ran[ran.experiment == "probes"]
+    ablation = Section(
+        "Probes ablation",
+        probes[
+            ["tree", "setting", "metric", "value", "chance", "params", "epoch_seconds"]
+        ].reset_index(drop=True)
+        if len(probes)
+        else None,
+        "ProbeX (ridge warm start, as the experts) with r_U probes and representation width "
+        "r_T, on each tree's layer and split; test models."
+        if len(probes)
+        else NOT_RUN,
+    )
+    shared = ran[ran.experiment == "shared"]
+    if shared.empty:
+        return [ablation, Section("Per-tree experts against one shared model", None, NOT_RUN)]
+    own = _headline(evals).query("method == 'probex'").set_index("tree_id").value
+    table = pd.DataFrame(
+        {
+            "tree": shared.tree,
+            "metric": shared.metric,
+            "chance": shared.chance,
+            "expert per tree": shared.tree_id.map(own),
+            "one shared ProbeX": shared.value,
+        }
+    ).reset_index(drop=True)
+    note = (
+        "One ProbeX trained on every tree's models at once (layers zero-padded to the "
+        "largest shape, the union of classes), scored per tree on its own classes, beside "
+        f"the tree's own ProbeX expert. Shared model: {shared.setting.iloc[0]}, "
+        f"{int(shared.params.iloc[0]):,} parameters."
+    )
+    return [ablation, Section("Per-tree experts against one shared model", table, note)]
 
 
 def _models_per_second(model, X: torch.Tensor) -> float:

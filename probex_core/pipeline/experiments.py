@@ -1,0 +1,180 @@
+"""The report's experiments, trained on demand (`probex report --experiments`): each on every
+trained tree's own layer and train/val split, as its experts were, and scored on the tree's
+undocumented test models. Rows go to the `report_experiments` table the report reads.
+
+- Probes ablation: ProbeX warm-started from the ridge read-out (as the pipeline trains it)
+  with r_U ∈ {1, 8, 32, 128} at the experts' r_T, and r_T ∈ {16, 128, 512} at their r_U.
+- One shared ProbeX across all trees against one expert per tree: the trees' layers
+  zero-padded to the largest shape and pooled, one class list (the union), the same
+  settings; each tree scored on its own classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from probex_core.catalog import Home, query, refresh_views, write_table
+from probex_core.env import zoo_manifest_path
+from probex_core.errors import UserError
+from probex_core.metrics import per_class_accuracy, topk_accuracy
+from probex_core.models import count_parameters
+from probex_core.pipeline.common import ExpertSettings, Progress, StepReport
+from probex_core.pipeline.evaluate import load_truth
+from probex_core.pipeline.experts import warm_probex
+from probex_core.pipeline.labels import majority_chance, tree_labels
+from probex_core.pipeline.query import last_run_hub
+from probex_core.schemas import frame
+from probex_core.store import TreeExperts, TreeLayers
+from probex_core.sweeps import pad_to
+from probex_core.train import TensorData, predict_proba
+from probex_core.zeroshot import multi_hot
+
+PROBES = (1, 8, 32, 128)
+WIDTHS = (16, 128, 512)
+
+
+@dataclass
+class _Tree:
+    """One trained tree's data for an experiment: its layer's train/val/test models."""
+
+    tree_id: str
+    classes: list[str]
+    single_label: bool
+    train: TensorData
+    val: TensorData
+    test_X: torch.Tensor
+    test_Y: torch.Tensor  # multi-hot over `classes`
+    chance: float
+
+
+def run_experiments(
+    home: Home, truth: dict[str, dict], settings: ExpertSettings, progress: Progress | None = None
+) -> StepReport:
+    """Both experiments on every trained tree; `truth` maps repo id → {split,
+    training_classes} (the test models' ground truth)."""
+    say = progress or (lambda line: None)
+    trees = [t for t in map(lambda r: _tree(home, r, truth), _trained(home)) if t is not None]
+    rows: list[dict] = []
+    for tree in trees:
+        say(f"experiments: probes ablation on {tree.tree_id}")
+        rows += _ablation(tree, settings)
+    if len(trees) > 1:
+        say(f"experiments: one shared ProbeX across {len(trees)} trees")
+        rows += _shared(trees, settings)
+    df = frame(rows, "report_experiments")
+    write_table(home, "report_experiments", df)
+    refresh_views(home)
+    return StepReport(summary={"rows": len(df), "trees": len(trees)}, tables={"experiments": df})
+
+
+def _trained(home: Home) -> list[str]:
+    trees = query(home, "SELECT tree_id FROM trees WHERE expert_status = 'trained'")
+    return sorted(trees.tree_id)
+
+
+def _tree(home: Home, tree_id: str, truth: dict[str, dict]) -> _Tree | None:
+    meta = TreeExperts(home, tree_id).meta()
+    ids = TreeLayers(home, tree_id).index()["repo_ids"]
+    X = TreeLayers(home, tree_id).read(meta.layer)
+    classes, rows, Y = tree_labels(home, ids)
+    at = {ids[r]: k for k, r in enumerate(rows)}
+    tr = [at[r] for r in meta.train_repos]
+    va = [at[r] for r in meta.val_repos]
+    test = [i for i, r in enumerate(ids) if truth.get(r, {}).get("split") == "test"]
+    if not test or list(meta.classes) != classes:
+        return None
+    Yt = multi_hot([truth[ids[i]].get("training_classes", []) for i in test], classes)
+    return _Tree(
+        tree_id,
+        classes,
+        meta.single_label,
+        TensorData(X[[rows[k] for k in tr]], Y[tr]),
+        TensorData(X[[rows[k] for k in va]], Y[va]),
+        X[test],
+        Yt,
+        1 / len(classes) if meta.single_label else majority_chance(Y[tr], Yt),
+    )
+
+
+def _score(tree: _Tree, probs: np.ndarray) -> tuple[str, float]:
+    Yt = tree.test_Y.numpy()
+    if tree.single_label:
+        return "top1", topk_accuracy(probs, Yt, 1)
+    return "per_class_accuracy", per_class_accuracy(Yt, probs)
+
+
+def _row(tree: _Tree, experiment: str, setting: str, model, res, probs) -> dict:
+    metric, value = _score(tree, probs)
+    return {
+        "tree_id": tree.tree_id,
+        "experiment": experiment,
+        "setting": setting,
+        "metric": metric,
+        "value": value,
+        "chance": tree.chance,
+        "params": count_parameters(model),
+        "epoch_seconds": res.epoch_seconds,
+        "n": len(tree.test_X),
+    }
+
+
+def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
+    cfg = settings.train_config("single" if tree.single_label else "classify")
+    grid = [(r, settings.r_T) for r in PROBES] + [(settings.r_U, w) for w in WIDTHS]
+    rows = []
+    for r_U, r_T in dict.fromkeys(grid):  # each setting once, in order
+        s = replace(settings, r_U=r_U, r_T=r_T)
+        _, res = warm_probex(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label)
+        probs = predict_proba(res.model, tree.test_X).numpy()
+        rows.append(_row(tree, "probes", f"r_U={r_U} r_T={r_T}", res.model, res, probs))
+    return rows
+
+
+def _shared(trees: list[_Tree], settings: ExpertSettings) -> list[dict]:
+    """One ProbeX over every tree's models (padded, pooled, union classes), scored per tree
+    on that tree's own classes."""
+    classes = sorted({c for t in trees for c in t.classes})
+    shape = (
+        max(t.train.X.shape[1] for t in trees),
+        max(t.train.X.shape[2] for t in trees),
+    )
+
+    def pool(split: str) -> TensorData:
+        parts = [getattr(t, split) for t in trees]
+        X = torch.cat([pad_to(p.X, shape) for p in parts])
+        Y = torch.cat([_widen(p.Y, t.classes, classes) for p, t in zip(parts, trees, strict=True)])
+        return TensorData(X, Y)
+
+    train, val = pool("train"), pool("val")
+    cfg = settings.train_config("classify")
+    _, res = warm_probex(train, val, len(classes), cfg, settings, False)
+    del train, val
+    rows = []
+    for tree in trees:
+        cols = [classes.index(c) for c in tree.classes]
+        probs = predict_proba(res.model, pad_to(tree.test_X, shape)).numpy()[:, cols]
+        rows.append(_row(tree, "shared", f"one ProbeX, {len(trees)} trees", res.model, res, probs))
+    return rows
+
+
+def _widen(Y: torch.Tensor, cols: list[str], classes: list[str]) -> torch.Tensor:
+    out = torch.zeros(len(Y), len(classes))
+    out[:, [classes.index(c) for c in cols]] = Y
+    return out
+
+
+def run_experiments_on_home(home: Home, progress: Progress | None = None) -> StepReport:
+    """`run_experiments` with the ground truth of the hub the home last ran on, and the
+    settings its experts were trained with."""
+    hub = last_run_hub(home)
+    truth = load_truth(home, zoo_manifest_path(hub) if hub else None)
+    if not truth.models:
+        raise UserError(f"the hub of {home.root} has no ground truth to score experiments on")
+    trained = _trained(home)
+    if not trained:
+        raise UserError(f"no tree of {home.root} has trained experts; run `probex run` first")
+    settings = ExpertSettings(**TreeExperts(home, trained[0]).meta().settings)
+    return run_experiments(home, truth.models, settings, progress)
