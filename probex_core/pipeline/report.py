@@ -46,6 +46,13 @@ ZERO_SHOT_METRICS = (
     ("held-out top-1", "holdout", "heldout_top1"),
     ("held-out top-5", "holdout", "heldout_top5"),
 )
+RECOVERY_METRICS = (
+    "routing_accuracy",
+    "tree_ari",
+    "tree_edge_accuracy",
+    "tree_purity",
+    "tree_root_accuracy",
+)
 NO_TRUTH = "the hub has no ground truth (no manifest.json and no labelled test split)"
 NOT_YET = (
     "a cross-tree weight-space learner (MultiZoo-SANE style), multi-view ProbeX in the "
@@ -227,13 +234,14 @@ def _zero_shot(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
 
 def _routing_and_recovery(evals: pd.DataFrame, truth: bool) -> Section:
     title = "Routing and tree recovery"
-    rows = evals[evals.tree_id == "ALL"]
-    rows = rows[
-        rows.metric.isin(["routing_accuracy", "tree_ari", "tree_purity", "tree_root_accuracy"])
-        | (rows.metric == "tree_edge_accuracy")
-    ]
-    if not truth or rows.empty:
+    rows = evals[(evals.tree_id == "ALL") & evals.metric.isin(RECOVERY_METRICS)]
+    if not truth:
         return Section(title, None, f"Cannot fill: {NO_TRUTH}.")
+    if rows.empty:
+        return Section(
+            title, None, "Cannot fill: routing and recovery are scored against a zoo "
+            "manifest's true trees; this hub's ground truth holds only class labels.",
+        )  # fmt: skip
     table = rows[["metric", "split", "value", "n"]].sort_values(["metric", "split"])
     note = (
         "The learned router sends each model to a tree by its weights; with routing accuracy "
