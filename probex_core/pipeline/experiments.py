@@ -26,6 +26,7 @@ from probex_core.pipeline.evaluate import load_truth
 from probex_core.pipeline.experts import warm_probex
 from probex_core.pipeline.labels import majority_chance, tree_labels
 from probex_core.pipeline.query import last_run_hub
+from probex_core.ridge import fit_ridge
 from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.sweeps import pad_to
@@ -124,10 +125,12 @@ def _row(tree: _Tree, experiment: str, setting: str, model, res, probs) -> dict:
 def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
     cfg = settings.train_config("single" if tree.single_label else "classify")
     grid = [(r, settings.r_T) for r in PROBES] + [(settings.r_U, w) for w in WIDTHS]
+    ridge = fit_ridge(tree.train, tree.val, single=tree.single_label)  # one warm start for all
     rows = []
     for r_U, r_T in dict.fromkeys(grid):  # each setting once, in order
         s = replace(settings, r_U=r_U, r_T=r_T)
-        _, res = warm_probex(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label)
+        _, res = warm_probex(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label,
+                             ridge=ridge)  # fmt: skip
         probs = predict_proba(res.model, tree.test_X).numpy()
         rows.append(_row(tree, "probes", f"r_U={r_U} r_T={r_T}", res.model, res, probs))
     return rows
