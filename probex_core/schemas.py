@@ -111,7 +111,7 @@ TABLES: dict[str, dict[str, str]] = {
     # `probex report --experiments`: extra models per tree, scored on its test models
     "report_experiments": {
         "tree_id": "str",
-        "experiment": "str",  # "probes" (ablation) | "shared" (one model over all trees)
+        "experiment": "str",  # "probes" (ablation) | "multiview" | "shared" (one over all trees)
         "setting": "str",
         "metric": "str",
         "value": "float",

@@ -106,9 +106,13 @@ def test_experiments_reproduce_the_expert_and_fill_their_sections(built, tmp_pat
         assert same.value == pytest.approx(want, abs=1e-6)
         by_probes = mine[mine.setting.str.endswith("r_T=128")].params.tolist()
         assert by_probes == sorted(by_probes) and len(set(by_probes)) == 4  # more probes, more
+    multiview = ran[ran.experiment == "multiview"]
+    assert sorted(multiview.tree_id) == sorted(trained)  # one multi-view ProbeX per tree
+    assert (multiview.value > multiview.chance).all()
     shared = ran[ran.experiment == "shared"]
     assert set(shared.tree_id) == trained and shared.params.nunique() == 1
     report = build_report(home, measure_speed=False)
     assert report.section("Probes ablation").table is not None
     table = report.section("Per-tree experts against one shared model").table
-    assert len(table) == len(trained) and table["expert per tree"].notna().all()
+    assert len(table) == len(trained)
+    assert table[["expert per tree", "multi-view expert per tree"]].notna().all().all()

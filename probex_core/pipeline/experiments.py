@@ -4,6 +4,8 @@ undocumented test models. Rows go to the `report_experiments` table the report r
 
 - Probes ablation: ProbeX warm-started from the ridge read-out (as the pipeline trains it)
   with r_U ∈ {1, 8, 32, 128} at the experts' r_T, and r_T ∈ {16, 128, 512} at their r_U.
+- Multi-view ProbeX (first- and second-order views from both sides of the layer, random
+  init) at the experts' r_T, beside the tree's ProbeX.
 - One shared ProbeX across all trees against one expert per tree: the trees' layers
   zero-padded to the largest shape and pooled, one class list (the union), the same
   settings; each tree scored on its own classes.
@@ -20,7 +22,7 @@ from probex_core.catalog import Home, query, refresh_views, write_table
 from probex_core.env import zoo_manifest_path
 from probex_core.errors import UserError
 from probex_core.metrics import per_class_accuracy, topk_accuracy
-from probex_core.models import count_parameters
+from probex_core.models import MultiViewConfig, build_model, count_parameters
 from probex_core.pipeline.common import ExpertSettings, Progress, StepReport
 from probex_core.pipeline.evaluate import load_truth
 from probex_core.pipeline.experts import warm_probex
@@ -30,10 +32,11 @@ from probex_core.ridge import fit_ridge
 from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.sweeps import pad_to
-from probex_core.train import TensorData, predict_proba
+from probex_core.train import TensorData, predict_proba, train_expert
 from probex_core.zeroshot import multi_hot
 
 PROBES = (1, 8, 32, 128)
+MULTIVIEW_PROBES = 16  # per view; four views
 WIDTHS = (16, 128, 512)
 
 
@@ -54,14 +57,15 @@ class _Tree:
 def run_experiments(
     home: Home, truth: dict[str, dict], settings: ExpertSettings, progress: Progress | None = None
 ) -> StepReport:
-    """Both experiments on every trained tree; `truth` maps repo id → {split,
-    training_classes} (the test models' ground truth)."""
+    """Every experiment on every trained tree with test models; `truth` maps repo id →
+    {split, training_classes} (the test models' ground truth)."""
     say = progress or (lambda line: None)
-    trees = [t for t in map(lambda r: _tree(home, r, truth), _trained(home)) if t is not None]
+    trees = [t for t in (_tree(home, tid, truth) for tid in _trained(home)) if t is not None]
     rows: list[dict] = []
     for tree in trees:
-        say(f"experiments: probes ablation on {tree.tree_id}")
+        say(f"experiments: probes ablation and multi-view ProbeX on {tree.tree_id}")
         rows += _ablation(tree, settings)
+        rows.append(_multiview(tree, settings))
     if len(trees) > 1:
         say(f"experiments: one shared ProbeX across {len(trees)} trees")
         rows += _shared(trees, settings)
@@ -134,6 +138,17 @@ def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
         probs = predict_proba(res.model, tree.test_X).numpy()
         rows.append(_row(tree, "probes", f"r_U={r_U} r_T={r_T}", res.model, res, probs))
     return rows
+
+
+def _multiview(tree: _Tree, settings: ExpertSettings) -> dict:
+    cfg = settings.train_config("single" if tree.single_label else "classify")
+    config = MultiViewConfig(r=MULTIVIEW_PROBES, proj_dim=32, r_T=settings.r_T)
+    d_H, d_W = tree.train.shape
+    model = build_model(config, d_H, d_W, len(tree.classes), seed=settings.seed)
+    res = train_expert(model, tree.train, tree.val, cfg)
+    probs = predict_proba(res.model, tree.test_X).numpy()
+    setting = f"r={config.r} proj_dim={config.proj_dim} r_T={config.r_T}"
+    return _row(tree, "multiview", setting, res.model, res, probs)
 
 
 def _shared(trees: list[_Tree], settings: ExpertSettings) -> list[dict]:

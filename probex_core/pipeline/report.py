@@ -55,8 +55,8 @@ RECOVERY_METRICS = (
 )
 NO_TRUTH = "the hub has no ground truth (no manifest.json and no labelled test split)"
 NOT_YET = (
-    "a cross-tree weight-space learner (MultiZoo-SANE style), multi-view ProbeX in the "
-    "pipeline, a Model-J-layout hub and a second zoo seed are not measured by this report yet"
+    "a cross-tree weight-space learner (MultiZoo-SANE style), a Model-J-layout hub and a "
+    "second zoo seed are not measured by this report yet"
 )
 NOT_RUN = "Not run yet: `probex report --experiments` trains these models (minutes per tree)."
 
@@ -319,19 +319,22 @@ def _experiments(home: Home, evals: pd.DataFrame, names: dict) -> list[Section]:
     if shared.empty:
         return [ablation, Section("Per-tree experts against one shared model", None, NOT_RUN)]
     own = _headline(evals).query("method == 'probex'").set_index("tree_id").value
+    multiview = ran[ran.experiment == "multiview"].set_index("tree_id").value
     table = pd.DataFrame(
         {
             "tree": shared.tree,
             "metric": shared.metric,
             "chance": shared.chance,
             "expert per tree": shared.tree_id.map(own),
+            "multi-view expert per tree": shared.tree_id.map(multiview),
             "one shared ProbeX": shared.value,
         }
     ).reset_index(drop=True)
     note = (
         "One ProbeX trained on every tree's models at once (layers zero-padded to the "
         "largest shape, the union of classes), scored per tree on its own classes, beside "
-        f"the tree's own ProbeX expert. Shared model: {shared.setting.iloc[0]}, "
+        "the tree's own ProbeX expert and a multi-view ProbeX trained on the tree alone "
+        f"(random init, 16 probes per view). Shared model: {shared.setting.iloc[0]}, "
         f"{int(shared.params.iloc[0]):,} parameters."
     )
     return [ablation, Section("Per-tree experts against one shared model", table, note)]
