@@ -82,8 +82,9 @@ def _trained(home: Home) -> list[str]:
 
 def _tree(home: Home, tree_id: str, truth: dict[str, dict]) -> _Tree | None:
     meta = TreeExperts(home, tree_id).meta()
-    ids = TreeLayers(home, tree_id).index()["repo_ids"]
-    X = TreeLayers(home, tree_id).read(meta.layer)
+    layers = TreeLayers(home, tree_id)
+    ids = layers.index()["repo_ids"]
+    X = layers.read(meta.layer)
     classes, rows, Y = tree_labels(home, ids)
     at = {ids[r]: k for k, r in enumerate(rows)}
     tr = [at[r] for r in meta.train_repos]
