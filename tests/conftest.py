@@ -10,6 +10,15 @@ import pytest
 from assets.experts import ExpertTraining
 from probex_core.catalog import Home
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs on pytest-xdist workers, one per core (pyproject's addopts): one torch
+    # thread per worker, and for the runs they start, so the workers do not oversubscribe the
+    # cores (OpenMP spin-waits on shared cores made small matmuls many times slower)
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -21,10 +30,19 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reuse = os.environ.get("PROBEX_TEST_ZOO")
     if reuse and (Path(reuse) / "manifest.json").exists():
         return Path(reuse)
+    from filelock import FileLock
+
     from probex_core.zoo import generate_zoo
 
-    out = tmp_path_factory.mktemp("tiny_zoo")
-    generate_zoo(preset="tiny", out=out, seed=0, progress=False)
+    # under pytest-xdist every worker has its own base temp below one shared root: the first
+    # worker generates the zoo there, the others wait on the lock and read it
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "tiny_zoo"
+    with FileLock(str(shared / "tiny_zoo.lock")):
+        if not (out / "manifest.json").exists():
+            generate_zoo(preset="tiny", out=out, seed=0, progress=False)
     return out
 
 
