@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from assets.experts import ExpertTraining
 from bench.modelj_fixture import ModelJSizes, write_modelj
@@ -241,3 +242,45 @@ def test_a_repo_id_in_two_splits_is_kept_once_and_the_other_rejected(download, t
     (rej,) = rejected
     assert rej.repo_id == kept.repo_id and rej.path.startswith(f"val/{folder}")
     assert "duplicate repo id" in rej.reason and f"train/{folder}" in rej.reason
+
+
+def test_the_report_fills_its_tables_on_model_j_with_the_official_protocol(run, tmp_path) -> None:
+    """`probex report --experiments` on a Model-J-layout home: ground truth from the labelled
+    test split (no manifest), every experiment on both trees, the official protocol beside
+    the pipeline's experts."""
+    from probex_core.catalog import refresh_views
+    from probex_core.pipeline.experiments import run_experiments_on_home
+    from probex_core.pipeline.report import build_report
+
+    src, _, _ = run
+    shutil.copytree(src.root, tmp_path / "home", ignore=shutil.ignore_patterns("*.duckdb*"))
+    home = Home(tmp_path / "home")
+    refresh_views(home)
+    run_experiments_on_home(home)
+    report = build_report(home, measure_speed=False)
+    assert report.header["hub layout"].startswith("Model-J layout"), report.header
+    for title in ("Discriminative accuracy per tree", "Probes ablation",
+                  "Per-tree experts against cross-tree learners",
+                  "The official ProbeX protocol beside ours"):  # fmt: skip
+        table = report.section(title).table
+        assert table is not None and len(table) >= 2, title
+    official = report.section("The official ProbeX protocol beside ours").table
+    # the miniature's planted signal is easy: measured 0.958 (ViT, chance 0.575) and top-1
+    # 1.000 (LoRA, chance 0.125), ours 0.971 and 1.000
+    assert (official["official protocol"] > official.chance + 0.2).all(), official
+    assert (official["ours: ProbeX"] > official.chance + 0.2).all(), official
+    # it reads the layer as the hub stores it; with that hub gone it is skipped, with why
+    from probex_core.hub import make_source, read_layer
+    from probex_core.pipeline.crawl import load_records
+    from probex_core.pipeline.experiments import _raw_reader
+    from probex_core.store import TreeExperts
+
+    read, why = _raw_reader(home)
+    tree = query(home, "SELECT tree_id FROM trees WHERE kind = 'full'").tree_id[0]
+    meta = TreeExperts(home, tree).meta()
+    repo = meta.train_repos[0]
+    hub = json.loads((home.root / "run.json").read_text())["hub"]
+    want = read_layer(make_source(hub), load_records(home)[repo], meta.layer)
+    assert why is None and torch.equal(read([repo], meta.layer, tuple(want.shape))[0], want)
+    (home.root / "run.json").write_text(json.dumps({"hub": str(tmp_path / "gone")}))
+    assert _raw_reader(home) == (None, f"hub not found: {tmp_path / 'gone'}")

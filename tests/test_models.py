@@ -207,3 +207,50 @@ def test_weight_to_text_head_round_trips(tmp_path):
     again, _ = _load(tmp_path / "m.safetensors")
     X = torch.randn(2, 6, 5)
     assert torch.equal(again.text_embedding(X), model.text_embedding(X))
+
+
+def test_sane_tokens_are_row_chunks_with_their_positions_and_padding_marked() -> None:
+    """Rows cut into chunks of `token` values in row order; the last chunk of a row is
+    zero-padded and its padding marked invalid; the encodings name each token's row/chunk."""
+    from probex_core.models.sane import tokenise
+
+    X = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    tokens, rows, chunks, valid = tokenise(X, token=2)
+    assert tokens.shape == (2, 9, 2)  # 3 rows × ⌈5/2⌉ chunks
+    assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert chunks.tolist() == [0, 1, 2] * 3
+    assert tokens[1, 4].tolist() == X[1, 1, 2:4].tolist()
+    assert tokens[0, 2].tolist() == [X[0, 0, 4].item(), 0.0]
+    assert valid[2].tolist() == [1.0, 0.0] and valid[:2].eq(1).all()
+    back = tokens.reshape(2, 3, 6)[:, :, :5]
+    assert torch.equal(back, X)
+
+
+def test_sane_learns_to_rebuild_and_its_codes_carry_a_planted_class() -> None:
+    """Trained on a planted signal (class k adds a fixed pattern to the weights), the learner's
+    token codes are read by ridge well above chance (the same codes without the pattern are
+    at chance: measured top-1 0.20 without it, 1.00 with it)."""
+    from probex_core.models.sane import LayerSet, SaneConfig, embed, tokenise, train_sane
+    from probex_core.ridge import fit_ridge
+    from probex_core.train import TensorData, predict_proba
+
+    gen = torch.Generator().manual_seed(0)
+    N, K = 240, 4
+    labels = torch.randint(0, K, (N,), generator=gen)
+    patterns = torch.randn(K, 8, 24, generator=gen)
+    X = torch.randn(N, 8, 24, generator=gen) + 0.7 * patterns[labels]
+    Y = torch.nn.functional.one_hot(labels, K).float()
+    tokens, rows, chunks, valid = tokenise(X, 16)
+
+    def data(idx) -> LayerSet:
+        return LayerSet(0, tokens[idx], rows, chunks, valid, Y[idx], torch.arange(K), True)
+
+    train, val, test = data(slice(0, 160)), data(slice(160, 200)), data(slice(200, 240))
+    cfg = SaneConfig(token=16, window=16, d_model=32, latent=8, epochs=15, val_every=15)
+    res = train_sane([train], lambda m: 0.0, cfg, K, seed=0)
+    assert res.best_epoch == 15
+    emb = {n: embed(res.model, d)[2][:, None, :] for n, d in (("tr", train), ("va", val),
+                                                              ("te", test))}  # fmt: skip
+    probe = fit_ridge(TensorData(emb["tr"], train.Y), TensorData(emb["va"], val.Y), single=True)
+    top1 = (predict_proba(probe.model, emb["te"]).argmax(1) == labels[200:]).float().mean()
+    assert top1 > 0.6  # chance 0.25

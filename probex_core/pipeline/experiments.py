@@ -9,6 +9,12 @@ undocumented test models. Rows go to the `report_experiments` table the report r
 - One shared ProbeX across all trees against one expert per tree: the trees' layers
   zero-padded to the largest shape and pooled, one class list (the union), the same
   settings; each tree scored on its own classes.
+- A cross-tree weight-space learner in the spirit of MultiZoo-SANE (`models/sane.py`): one
+  transformer over every tree's layer, tokenised row-wise, trained with normalised
+  reconstruction and a supervised head; scored per tree by that head and by a ridge read-out
+  of its frozen embeddings (the linear-probe head).
+- The official ProbeX protocol (the paper's ranks, random init, the weights as the hub
+  stores them, the official optimiser and validation schedule) beside the pipeline's.
 """
 
 from __future__ import annotations
@@ -21,18 +27,22 @@ import torch
 from probex_core.catalog import Home, query, refresh_views, write_table
 from probex_core.env import zoo_manifest_path
 from probex_core.errors import UserError
+from probex_core.hub import describe_hub, make_source
 from probex_core.metrics import per_class_accuracy, topk_accuracy
-from probex_core.models import MultiViewConfig, build_model, count_parameters
+from probex_core.models import MultiViewConfig, ProbeXConfig, build_model, count_parameters
+from probex_core.models.sane import LayerSet, Sane, SaneConfig, embed, tokenise, train_sane
 from probex_core.pipeline.common import ExpertSettings, Progress, StepReport
+from probex_core.pipeline.crawl import load_records
 from probex_core.pipeline.evaluate import load_truth
 from probex_core.pipeline.experts import warm_probex
 from probex_core.pipeline.labels import majority_chance, tree_labels
+from probex_core.pipeline.layers import member_layers
 from probex_core.pipeline.query import last_run_hub
 from probex_core.ridge import fit_ridge
 from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.sweeps import pad_to
-from probex_core.train import TensorData, predict_proba, train_expert
+from probex_core.train import TensorData, TrainConfig, predict_proba, train_expert
 from probex_core.zeroshot import multi_hot
 
 PROBES = (1, 8, 32, 128)
@@ -52,6 +62,8 @@ class _Tree:
     test_X: torch.Tensor
     test_Y: torch.Tensor  # multi-hot over `classes`
     chance: float
+    layer: str
+    ids: dict[str, list[str]]  # repo ids of the train, val and test models, in order
 
 
 def run_experiments(
@@ -69,6 +81,15 @@ def run_experiments(
     if len(trees) > 1:
         say(f"experiments: one shared ProbeX across {len(trees)} trees")
         rows += _shared(trees, settings)
+    if trees:
+        say(f"experiments: a SANE-style learner across {len(trees)} trees")
+        rows += _sane(trees, SaneConfig(), settings.seed)
+    raw, why = _raw_reader(home)
+    for tree in trees if raw else []:
+        say(f"experiments: the official ProbeX protocol on {tree.tree_id}")
+        rows.append(_official(tree, raw, settings))
+    if trees and not raw:
+        say(f"experiments: the official protocol is not run: the hub is not readable ({why})")
     df = frame(rows, "report_experiments")
     write_table(home, "report_experiments", df)
     refresh_views(home)
@@ -102,17 +123,29 @@ def _tree(home: Home, tree_id: str, truth: dict[str, dict]) -> _Tree | None:
         X[test],
         Yt,
         1 / len(classes) if meta.single_label else majority_chance(Y[tr], Yt),
+        meta.layer,
+        {
+            "train": list(meta.train_repos),
+            "val": list(meta.val_repos),
+            "test": [ids[i] for i in test],
+        },
     )
 
 
 def _score(tree: _Tree, probs: np.ndarray) -> tuple[str, float]:
-    Yt = tree.test_Y.numpy()
+    return _score_split(tree, probs, tree.test_Y)
+
+
+def _score_split(tree: _Tree, probs: np.ndarray, Y: torch.Tensor) -> tuple[str, float]:
+    Yt = Y.numpy()
     if tree.single_label:
         return "top1", topk_accuracy(probs, Yt, 1)
     return "per_class_accuracy", per_class_accuracy(Yt, probs)
 
 
-def _row(tree: _Tree, experiment: str, setting: str, model, res, probs) -> dict:
+def _row(
+    tree: _Tree, experiment: str, setting: str, model, res, probs, extra_params: int = 0
+) -> dict:
     metric, value = _score(tree, probs)
     return {
         "tree_id": tree.tree_id,
@@ -121,7 +154,7 @@ def _row(tree: _Tree, experiment: str, setting: str, model, res, probs) -> dict:
         "metric": metric,
         "value": value,
         "chance": tree.chance,
-        "params": count_parameters(model),
+        "params": count_parameters(model) + extra_params,
         "epoch_seconds": res.epoch_seconds,
         "n": len(tree.test_X),
     }
@@ -177,6 +210,85 @@ def _shared(trees: list[_Tree], settings: ExpertSettings) -> list[dict]:
         probs = predict_proba(res.model, pad_to(tree.test_X, shape)).numpy()[:, cols]
         rows.append(_row(tree, "shared", f"one ProbeX, {len(trees)} trees", res.model, res, probs))
     return rows
+
+
+def _sane(trees: list[_Tree], cfg: SaneConfig, seed: int) -> list[dict]:
+    """One SANE-style learner over every tree (each tree's layer its own layer encoding);
+    per tree, its head's scores and a ridge read-out of its frozen embeddings."""
+    classes = sorted({c for t in trees for c in t.classes})
+
+    def layer_set(k: int, tree: _Tree, X: torch.Tensor, Y: torch.Tensor) -> LayerSet:
+        tokens, rows, chunks, valid = tokenise(X, cfg.token)
+        cols = torch.tensor([classes.index(c) for c in tree.classes])
+        return LayerSet(k, tokens, rows, chunks, valid, _widen(Y, tree.classes, classes), cols,
+                        tree.single_label)  # fmt: skip
+
+    splits = {
+        name: [layer_set(k, t, *getter(t)) for k, t in enumerate(trees)]
+        for name, getter in (
+            ("train", lambda t: (t.train.X, t.train.Y)),
+            ("val", lambda t: (t.val.X, t.val.Y)),
+            ("test", lambda t: (t.test_X, t.test_Y)),
+        )
+    }
+
+    def heads(model: Sane, split: str) -> list[np.ndarray]:
+        return [torch.sigmoid(embed(model, d)[1][:, d.cols]).numpy() for d in splits[split]]
+
+    def score_val(model: Sane) -> float:
+        return float(np.mean([_score_split(t, p, t.val.Y)[1] for t, p in zip(
+            trees, heads(model, "val"), strict=True)]))  # fmt: skip
+
+    res = train_sane(splits["train"], score_val, cfg, len(classes), seed)
+    rows = []
+    setting = f"token={cfg.token} window={cfg.window} d={cfg.d_model} depth={cfg.depth}"
+    for k, (tree, probs) in enumerate(zip(trees, heads(res.model, "test"), strict=True)):
+        rows.append(_row(tree, "sane", setting + " head", res.model, res, probs))
+        for which, name in ((0, "ridge probe (mean)"), (2, "ridge probe (codes)")):
+            emb = {s: embed(res.model, splits[s][k])[which][:, None, :] for s in splits}
+            probe = fit_ridge(TensorData(emb["train"], tree.train.Y), TensorData(emb["val"],
+                              tree.val.Y), single=tree.single_label)  # fmt: skip
+            probs = predict_proba(probe.model, emb["test"]).numpy()
+            rows.append(_row(tree, "sane", f"{setting} {name}", res.model, res, probs,
+                             count_parameters(probe.model)))  # fmt: skip
+    return rows
+
+
+def _raw_reader(home: Home):
+    """(reader, None): reads a tree's layer as the hub stores it (the official code's input),
+    from the source the home last crawled, through the crawled records; (None, why) when
+    that hub is not readable now."""
+    hub = last_run_hub(home)
+    if hub is None:
+        return None, f"no run.json in {home.root} names the hub"
+    try:
+        source = make_source(hub)
+        describe_hub(hub, source)
+        records = load_records(home)
+    except (UserError, FileNotFoundError) as e:
+        return None, str(e)
+
+    def read(ids: list[str], layer: str, shape: tuple[int, int]) -> torch.Tensor:
+        return torch.stack([member_layers(source, records[r], {layer: shape})[layer] for r in ids])
+
+    return read, None
+
+
+def _official(tree: _Tree, raw, settings: ExpertSettings) -> dict:
+    """The official ProbeX protocol on the tree's layer: the paper's ProbeX (128 probes,
+    projection 128, representation 512) from random init on the weights as stored, Adam
+    lr 1e-3, weight decay 1e-5, batch 128, BCE, validation every 25 epochs and the best
+    checkpoint kept, for the experts' epoch budget (the official 500, capped)."""
+    shape = tree.train.shape
+    data = {s: raw(tree.ids[s], tree.layer, shape) for s in ("train", "val", "test")}
+    cfg = TrainConfig(lr=1e-3, weight_decay=1e-5, batch_size=128, epochs=min(500, settings.epochs),
+                      val_every=25, patience=None, seed=settings.seed)  # fmt: skip
+    model = build_model(ProbeXConfig(), *shape, len(tree.classes), seed=settings.seed)
+    res = train_expert(model, TensorData(data["train"], tree.train.Y),
+                       TensorData(data["val"], tree.val.Y), cfg)  # fmt: skip
+    probs = predict_proba(res.model, data["test"]).numpy()
+    setting = f"raw weights, r_U=128 r_V=128 r_T=512, {cfg.epochs} epochs"
+    return _row(tree, "official", setting, res.model, res, probs)
 
 
 def _widen(Y: torch.Tensor, cols: list[str], classes: list[str]) -> torch.Tensor:

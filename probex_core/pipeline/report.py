@@ -23,7 +23,9 @@ import torch
 
 from probex_core.catalog import Home, load_sql, query
 from probex_core.env import zoo_manifest_path
+from probex_core.errors import UserError
 from probex_core.files import atomic_path
+from probex_core.hub import describe_hub, make_source
 from probex_core.models import count_parameters
 from probex_core.pipeline.common import png
 from probex_core.pipeline.query import last_run_hub
@@ -54,11 +56,16 @@ RECOVERY_METRICS = (
     "tree_root_accuracy",
 )
 NO_TRUTH = "the hub has no ground truth (no manifest.json and no labelled test split)"
-NOT_YET = (
-    "a cross-tree weight-space learner (MultiZoo-SANE style), a Model-J-layout hub and a "
-    "second zoo seed are not measured by this report yet"
+BEYOND = (
+    "A report covers one home. A second zoo seed or a Model-J-layout hub is run into a home "
+    "of its own (`PROBEX_HOME=DIR probex run --hub HUB`, then `probex report --experiments` "
+    "there); the README sets their tables side by side."
 )
 NOT_RUN = "Not run yet: `probex report --experiments` trains these models (minutes per tree)."
+NO_HUB = (
+    " The official protocol also needs the hub the home ran on: it reads the weights as the "
+    "hub stores them, and is skipped when that hub is not readable."
+)
 
 
 @dataclass
@@ -94,8 +101,8 @@ def build_report(home: Home, measure_speed: bool = True) -> Report:
     evals = query(home, "SELECT * FROM evaluations")
     trees = query(home, "SELECT tree_id, name, size, expert_status, expert_layer FROM trees")
     names = dict(zip(trees.tree_id, trees.name, strict=True))
-    report = Report(_header(home))
     truth = not evals[evals.split != "val"].empty
+    report = Report(_header(home, truth))
     report.sections += [
         _sql_section(home, "Summary", "report_summary", "What the catalog holds."),
         _sql_section(home, "Trees", "report_trees", "The recovered trees, largest first."),
@@ -105,7 +112,7 @@ def build_report(home: Home, measure_speed: bool = True) -> Report:
         _layer_sweep(home, trees),
         _cost(home, trees, measure_speed),
         *_experiments(home, evals, names),
-        Section("Not measured yet", None, NOT_YET + "."),
+        Section("Beyond this home", None, BEYOND),
         _sql_section(
             home,
             "Experts (validation)",
@@ -149,23 +156,32 @@ def _sql_section(home: Home, title: str, name: str, note: str) -> Section:
     return Section(title, table.astype(object).where(table.notna(), ""), note)
 
 
-def _header(home: Home) -> dict[str, str]:
+def _header(home: Home, truth: bool) -> dict[str, str]:
     hub = last_run_hub(home)
     path = zoo_manifest_path(hub) if hub else None
     manifest = json.loads(path.read_text()) if path else {}
-    zoo = (
-        f"preset {manifest.get('preset')}, seed {manifest.get('seed')}"
-        if manifest
-        else "no zoo manifest (a hub without ground truth)"
-    )
+    if manifest:
+        zoo = f"preset {manifest.get('preset')}, seed {manifest.get('seed')}"
+    elif truth:
+        zoo = "no zoo manifest: ground truth from the hub's labelled test splits"
+    else:
+        zoo = "no zoo manifest (a hub without ground truth)"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
         f"torch {torch.__version__} on CPU ({torch.get_num_threads()} threads)",
         "probex": version("probex"),
         "hub": hub or "unknown (no run.json)",
+        "hub layout": _layout(hub) if hub else "unknown",
         "zoo": zoo,
     }
+
+
+def _layout(hub: str) -> str:
+    try:
+        return describe_hub(hub, make_source(hub))
+    except UserError as e:  # the hub moved or went away since the run: say so, report the rest
+        return f"not readable now ({e})"
 
 
 def _headline(evals: pd.DataFrame) -> pd.DataFrame:
@@ -315,29 +331,78 @@ def _experiments(home: Home, evals: pd.DataFrame, names: dict) -> list[Section]:
         if len(probes)
         else NOT_RUN,
     )
-    shared = ran[ran.experiment == "shared"]
-    if shared.empty:
-        return [ablation, Section("Per-tree experts against one shared model", None, NOT_RUN)]
-    own = _headline(evals).query("method == 'probex'").set_index("tree_id").value
-    multiview = ran[ran.experiment == "multiview"].set_index("tree_id").value
-    table = pd.DataFrame(
-        {
-            "tree": shared.tree,
-            "metric": shared.metric,
-            "chance": shared.chance,
-            "expert per tree": shared.tree_id.map(own),
-            "multi-view expert per tree": shared.tree_id.map(multiview),
-            "one shared ProbeX": shared.value,
-        }
-    ).reset_index(drop=True)
+    return [ablation, _cross_tree(ran, evals), _official(ran, evals)]
+
+
+def _official(ran: pd.DataFrame, evals: pd.DataFrame) -> Section:
+    """The official code's protocol beside the pipeline's experts, per tree."""
+    title = "The official ProbeX protocol beside ours"
+    official = ran[ran.experiment == "official"]
+    if official.empty:
+        return Section(title, None, NOT_RUN + NO_HUB)
+    head = _headline(evals)
+    ids = official.tree_id
+    table = pd.DataFrame({"tree": official.tree, "metric": official.metric,
+                          "chance": official.chance})  # fmt: skip
+    ours = (("ours: ProbeX", "probex"), ("ours: ProbeX, random probes", "probex-scratch"))
+    for column, method in ours:
+        table[column] = ids.map(head[head.method == method].set_index("tree_id").value)
+    table["official protocol"] = official.value
+    table["official parameters"] = official.params
     note = (
-        "One ProbeX trained on every tree's models at once (layers zero-padded to the "
-        "largest shape, the union of classes), scored per tree on its own classes, beside "
-        "the tree's own ProbeX expert and a multi-view ProbeX trained on the tree alone "
-        f"(random init, 16 probes per view). Shared model: {shared.setting.iloc[0]}, "
-        f"{int(shared.params.iloc[0]):,} parameters."
+        "Ours: the pipeline's experts (each model's change from its tree's root at unit RMS; "
+        "32 probes, projection 64, representation 128; warm-started from the ridge read-out, "
+        "or from random probes; validated every 10 epochs, stopped after 8 without a gain). "
+        "Official: the paper's ProbeX (128 probes, projection 128, representation 512) from "
+        "random init on the weights as the hub stores them, Adam lr 1e-3, weight decay 1e-5, "
+        "batch 128, BCE, validated every 25 epochs, best checkpoint kept; "
+        f"{official.setting.iloc[0]}. Same models, splits and seed."
     )
-    return [ablation, Section("Per-tree experts against one shared model", table, note)]
+    return Section(title, table.reset_index(drop=True), note)
+
+
+SANE_COLUMNS = (  # (column title, end of the setting the experiment wrote)
+    ("SANE-style, its head", "head"),
+    ("SANE-style, ridge on mean encoding", "ridge probe (mean)"),
+    ("SANE-style, ridge on token codes", "ridge probe (codes)"),
+)
+
+
+def _cross_tree(ran: pd.DataFrame, evals: pd.DataFrame) -> Section:
+    """Each tree's own experts beside the learners trained on every tree at once."""
+    title = "Per-tree experts against cross-tree learners"
+    first = ran[ran.experiment.isin(["shared", "sane"])].drop_duplicates("tree_id")
+    if first.empty:
+        return Section(title, None, NOT_RUN)
+    own = _headline(evals).query("method == 'probex'").set_index("tree_id").value
+    table = pd.DataFrame({"tree": first.tree, "metric": first.metric, "chance": first.chance})
+    ids = first.tree_id
+    table["expert per tree"] = ids.map(own)
+    table["multi-view expert per tree"] = ids.map(_values(ran, "multiview"))
+    table["one shared ProbeX"] = ids.map(_values(ran, "shared"))
+    for column, ending in SANE_COLUMNS:
+        table[column] = ids.map(_values(ran, "sane", ending))
+    sizes = ", ".join(
+        f"{name}: {int(ran[ran.experiment == kind].params.min()):,} parameters"
+        for name, kind in (("shared ProbeX", "shared"), ("SANE-style learner", "sane"))
+        if (ran.experiment == kind).any()
+    )
+    note = (
+        "Learned inside one tree (the tree's ProbeX expert; a multi-view ProbeX on the tree "
+        "alone, random init, 16 probes per view) against learned across all trees: one ProbeX "
+        "on every tree's models at once (layers zero-padded to the largest shape, the union of "
+        "classes), and a SANE-style weight-space learner (rows cut into 128-value tokens with "
+        "row, chunk and layer encodings; one transformer encoder-decoder trained on every tree "
+        "with batch-normalised reconstruction and a supervised head), read by its own head, by "
+        "a ridge read-out of its mean encoding, and by a ridge read-out of its per-token codes "
+        f"(per tree, λ on validation). Each scored per tree on its own classes. {sizes}."
+    )
+    return Section(title, table.reset_index(drop=True), note)
+
+
+def _values(ran: pd.DataFrame, experiment: str, ending: str = "") -> pd.Series:
+    rows = ran[(ran.experiment == experiment) & ran.setting.str.endswith(ending)]
+    return rows.set_index("tree_id").value
 
 
 def _models_per_second(model, X: torch.Tensor) -> float:
