@@ -331,7 +331,40 @@ def _experiments(home: Home, evals: pd.DataFrame, names: dict) -> list[Section]:
         if len(probes)
         else NOT_RUN,
     )
-    return [ablation, _cross_tree(ran, evals), _official(ran, evals)]
+    return [ablation, _cross_tree(ran, evals), _official(ran, evals), _experiment_cost(ran)]
+
+
+EXPERIMENT_NAMES = {
+    "multiview": "multi-view ProbeX (per tree)",
+    "shared": "one shared ProbeX (all trees)",
+    "sane": "SANE-style learner (all trees)",
+    "official": "official ProbeX protocol (per tree)",
+}
+
+
+def _experiment_cost(ran: pd.DataFrame) -> Section:
+    """Parameters and seconds per training epoch of the experiments' models."""
+    title = "Cost of the experiments' models"
+    rows = ran[ran.experiment.isin(list(EXPERIMENT_NAMES))]
+    if rows.empty:
+        return Section(title, None, NOT_RUN)
+    table = (
+        rows.groupby("experiment", sort=False)
+        .agg(
+            parameters=("params", "min"),
+            max_parameters=("params", "max"),
+            s_per_epoch=("epoch_seconds", "median"),
+        )  # fmt: skip
+        .reset_index()
+    )
+    table["experiment"] = table.experiment.map(EXPERIMENT_NAMES)
+    note = (
+        "Trainable parameters (smallest and largest over the trees; a learner across all "
+        "trees is one model, its ridge read-outs included in the SANE rows' largest) and the "
+        "median seconds per training epoch, on this machine when the experiments ran. The "
+        "pipeline's own methods, with inference speed, are in the cost table above."
+    )
+    return Section(title, table, note)
 
 
 def _official(ran: pd.DataFrame, evals: pd.DataFrame) -> Section:
