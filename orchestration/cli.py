@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     hub = hub or str(ensure_default_hub(home, args.zoo, args.seed))
     epochs = args.epochs or (QUICK_EPOCHS if quick else None)
     training = ExpertTraining(epochs=epochs) if epochs else None
-    run_all(home, hub, training=training, force=args.force)
+    run_all(home, hub, training=training, force=args.force, dask=args.dask)
     print(_summary(home))
     return 0
 
@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"expert training epochs (default: 300; {QUICK_EPOCHS} for the built-in tiny zoo)",
     )
     run.add_argument("--force", action="store_true", help="rebuild every tree, not only stale ones")
+    run.add_argument(
+        "--dask",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="build the trees on a Dask cluster: its scheduler address (tcp://host:port), or "
+        "none for a local cluster of worker processes started for the run",
+    )
 
     ui = _command(sub, "ui", "the Dagster UI (dg dev) on this home, on 127.0.0.1", _cmd_ui)
     ui.add_argument(

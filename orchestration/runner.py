@@ -57,14 +57,41 @@ def _step(n: int, total: int, text: str) -> float:
     return time.perf_counter()
 
 
-def run_all(
-    home: Home, hub_spec: str, training: ExpertTraining | None = None, force: bool = False
-) -> dict:
-    """Crawl → trees → (stale) layers and experts per tree → predictions → evaluations."""
-    assets = [
+def _graph() -> list:
+    return [
         *dg.load_assets_from_modules(ASSET_MODULES),
         *dg.load_asset_checks_from_modules(ASSET_MODULES),
     ]
+
+
+def build_tree(
+    home: Home, hub_spec: str, tree: str, training: ExpertTraining | None = None
+) -> list[dg.AssetCheckEvaluation]:
+    """One tree's partition (its layers, then its experts) materialised in this process; its
+    asset checks. What `run_all` does per tree, and what a Dask worker runs (`dask_run`)."""
+    result = dg.materialize(
+        _graph(),
+        instance=instance_for(home),
+        resources=make_resources(str(home.root), hub_spec),
+        run_config=dg.RunConfig(ops={"tree_experts": training} if training else {}, loggers=QUIET),
+        partition_key=tree,
+        selection=[tree_layers, tree_experts],
+    )
+    return result.get_asset_check_evaluations()
+
+
+def run_all(
+    home: Home,
+    hub_spec: str,
+    training: ExpertTraining | None = None,
+    force: bool = False,
+    dask: str | None = None,
+) -> dict:
+    """Crawl → trees → (stale) layers and experts per tree → predictions → evaluations.
+
+    `dask`: build the stale trees on a Dask cluster (`orchestration.dask_run`): at that
+    scheduler address, or on a LocalCluster started for the run with "local"."""
+    assets = _graph()
     os.environ[PROGRESS_ENV] = "1"  # the steps' progress lines reach this terminal
     resources = make_resources(str(home.root), hub_spec)
     instance = instance_for(home)
@@ -73,16 +100,15 @@ def run_all(
     if swept:
         print(f"      removed {len(swept)} partial files an interrupted run left", flush=True)
     atomic_write_json(home.root / "run.json", {"hub": hub_spec})
-    expert_ops = {"tree_experts": training} if training else {}
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []
 
-    def materialize(ops: dict | None = None, **kwargs) -> None:
+    def materialize(**kwargs) -> None:
         result = dg.materialize(
             assets,
             instance=instance,
             resources=resources,
-            run_config=dg.RunConfig(ops=ops or {}, loggers=QUIET),
+            run_config=dg.RunConfig(loggers=QUIET),
             **kwargs,
         )
         checks.extend(result.get_asset_check_evaluations())
@@ -101,14 +127,14 @@ def run_all(
     fresh = len(plan.wanted) - len(targets)
     _step(2, 4, f"{len(plan.wanted)} trees: {len(targets)} to build, {fresh} up to date")
     names = tree_names(home)
-    for i, tree in enumerate(targets, 1):
+    if dask and targets:
+        from orchestration.dask_run import build_trees_on_dask
+
+        checks += build_trees_on_dask(home, hub_spec, targets, training, dask, names)
+    for i, tree in enumerate([] if dask else targets, 1):
         t = time.perf_counter()
         print(f"      tree {i}/{len(targets)} {names.get(tree, tree)} ({tree})", flush=True)
-        materialize(
-            partition_key=tree,
-            selection=[tree_layers, tree_experts],
-            ops=expert_ops,
-        )
+        checks += build_tree(home, hub_spec, tree, training)
         print(f"        {expert_line(home, tree)} ({time.perf_counter() - t:.1f}s)", flush=True)
 
     t = _step(3, 4, "route every model to its expert; evaluate")

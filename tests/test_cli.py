@@ -158,8 +158,9 @@ def recorded_run(monkeypatch, tmp_path):
         calls["default_hub"].append((preset, seed))
         return tmp_path / f"zoo-{preset}" / "hub"
 
-    def run_all(home, hub, training=None, force=False):
+    def run_all(home, hub, training=None, force=False, dask=None):
         calls["run"].append((hub, training and training.epochs, force))
+        calls.setdefault("dask", []).append(dask)
         return {}
 
     monkeypatch.setattr(runner, "ensure_default_hub", default_hub)
@@ -184,6 +185,10 @@ def test_run_picks_its_hub_and_training_length(recorded_run, monkeypatch) -> Non
         ("/some/hub", None, True),
         ("/env/hub", None, False),
     ]
+    assert calls["dask"] == [None] * 5  # in-process unless asked
+    assert main(["run", "--dask"]) == 0  # a LocalCluster for the run
+    assert main(["run", "--dask", "tcp://10.0.0.5:8786"]) == 0  # an existing scheduler
+    assert calls["dask"][-2:] == ["local", "tcp://10.0.0.5:8786"]
 
 
 def test_zoo_generate_passes_its_arguments(monkeypatch, tmp_path) -> None:
