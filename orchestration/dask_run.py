@@ -76,6 +76,8 @@ def build_trees_on_dask(
 ) -> list[dg.AssetCheckEvaluation]:
     """Every tree as one task on the cluster; their checks. A tree that fails is named and
     the others still finish; then the run stops (the failed tree stays stale)."""
+    from orchestration.runner import expert_line
+
     t = time.perf_counter()
     settings = training.model_dump() if training is not None else None
     with dask_client(address) as client:
@@ -103,8 +105,6 @@ def build_trees_on_dask(
             except Exception as e:  # named below; the other trees' results are kept
                 failed.append(f"{name} ({tree}): {type(e).__name__}: {e}")
                 continue
-            from orchestration.runner import expert_line
-
             print(f"      {name}: {expert_line(home, tree)}", flush=True)
     print(f"      {len(trees)} trees in {time.perf_counter() - t:.1f}s on Dask", flush=True)
     if failed:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 
 from assets.experts import ExpertTraining
 from probex_core import pipeline
-from probex_core.catalog import Home, query
+from probex_core.catalog import query
 from tests.conftest import FAST
-from tests.test_pipeline import built_hub
+from tests.test_pipeline import built_hub, copy_without_trees
 
 
 def test_trees_built_on_a_local_dask_cluster_answer_as_a_single_machine(built, tmp_path):
@@ -21,10 +19,7 @@ def test_trees_built_on_a_local_dask_cluster_answer_as_a_single_machine(built, t
     from orchestration.runner import run_all
 
     src, _ = built
-    shutil.copytree(src.root, tmp_path / "home", ignore=shutil.ignore_patterns("*.duckdb*"))
-    home = Home(tmp_path / "home")
-    for gone in ("artifacts/layers", "artifacts/experts", "tables/expert_results"):
-        shutil.rmtree(home.root / gone)
+    home = copy_without_trees(src, tmp_path / "home")
     stale = sorted(pipeline.stale_trees(home).stale)
     assert len(stale) == 3
     result = run_all(home, str(built_hub(src)), training=ExpertTraining(**FAST), dask="local")

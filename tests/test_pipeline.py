@@ -379,10 +379,7 @@ def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, tmp
     of the built home with every tree's layers and experts removed, so what is there at the
     end is what the three processes wrote (and the shared home stays as built)."""
     src, _ = built
-    shutil.copytree(src.root, tmp_path / "home", ignore=shutil.ignore_patterns("*.duckdb*"))
-    home = Home(tmp_path / "home")
-    for gone in ("artifacts/layers", "artifacts/experts", "tables/expert_results"):
-        shutil.rmtree(home.root / gone)
+    home = copy_without_trees(src, tmp_path / "home")
     trees = sorted(pipeline.stale_trees(home).wanted)
     assert len(trees) == 3 and sorted(pipeline.stale_trees(home).stale) == trees
     env = {**os.environ, "PROBEX_HOME": str(home.root), "PROBEX_HUB": str(built_hub(src))}
@@ -417,6 +414,15 @@ def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, tmp
         assert pipeline.verify_layers(home, tree) == [], tree
     refresh_views(home)
     assert set(query(home, "SELECT DISTINCT tree_id FROM experts").tree_id) == trained
+
+
+def copy_without_trees(src: Home, dst: Path) -> Home:
+    """A copy of a built home (no DuckDB file) with every tree's layers and experts removed:
+    every tree stale, so what is there after a rebuild is what the rebuild wrote."""
+    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns("*.duckdb*"))
+    for gone in ("artifacts/layers", "artifacts/experts", "tables/expert_results"):
+        shutil.rmtree(dst / gone)
+    return Home(dst)
 
 
 def built_hub(home: Home) -> Path:
