@@ -111,7 +111,8 @@ TABLES: dict[str, dict[str, str]] = {
     # `probex report --experiments`: extra models per tree, scored on its test models
     "report_experiments": {
         "tree_id": "str",
-        "experiment": "str",  # "probes" (ablation) | "multiview" | "shared" (one over all trees)
+        # "probes" (ablation) | "multiview" | "shared" (one over all trees) | "sane" | "official"
+        "experiment": "str",
         "setting": "str",
         "metric": "str",
         "value": "float",
@@ -119,6 +120,7 @@ TABLES: dict[str, dict[str, str]] = {
         "params": "int",
         "epoch_seconds": "float",
         "n": "int",
+        "models_per_second": "float",  # inference on the tree's test models
     },
 }
 

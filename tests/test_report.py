@@ -129,5 +129,5 @@ def test_experiments_reproduce_the_expert_and_fill_their_sections(built, tmp_pat
     assert (official.params > 8_000_000).all()
     assert report.section("The official ProbeX protocol beside ours").table is not None
     cost = report.section("Cost of the experiments' models").table.set_index("experiment")
-    assert len(cost) == 4 and (cost.s_per_epoch > 0).all()
+    assert len(cost) == 4 and (cost.s_per_epoch > 0).all() and (cost.models_per_second > 0).all()
     assert cost.parameters["official ProbeX protocol (per tree)"] == official.params.min()

@@ -19,6 +19,7 @@ undocumented test models. Rows go to the `report_experiments` table the report r
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -143,9 +144,28 @@ def _score_split(tree: _Tree, probs: np.ndarray, Y: torch.Tensor) -> tuple[str, 
     return "per_class_accuracy", per_class_accuracy(Yt, probs)
 
 
+def _proba(model, X: torch.Tensor) -> np.ndarray:
+    return predict_proba(model, X).numpy()
+
+
+def _timed(fn, *args) -> tuple[np.ndarray, float]:
+    """(fn(*args), its wall seconds): inference on a tree's test models."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
 def _row(
-    tree: _Tree, experiment: str, setting: str, model, res, probs, extra_params: int = 0
+    tree: _Tree,
+    experiment: str,
+    setting: str,
+    model,
+    res,
+    predicted: tuple[np.ndarray, float],
+    extra_params: int = 0,
 ) -> dict:
+    """One result; `predicted` = (test probabilities, seconds the inference took)."""
+    probs, seconds = predicted
     metric, value = _score(tree, probs)
     return {
         "tree_id": tree.tree_id,
@@ -157,6 +177,7 @@ def _row(
         "params": count_parameters(model) + extra_params,
         "epoch_seconds": res.epoch_seconds,
         "n": len(tree.test_X),
+        "models_per_second": len(tree.test_X) / max(seconds, 1e-9),
     }
 
 
@@ -169,8 +190,8 @@ def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
         s = replace(settings, r_U=r_U, r_T=r_T)
         _, res = warm_probex(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label,
                              ridge=ridge)  # fmt: skip
-        probs = predict_proba(res.model, tree.test_X).numpy()
-        rows.append(_row(tree, "probes", f"r_U={r_U} r_T={r_T}", res.model, res, probs))
+        predicted = _timed(_proba, res.model, tree.test_X)
+        rows.append(_row(tree, "probes", f"r_U={r_U} r_T={r_T}", res.model, res, predicted))
     return rows
 
 
@@ -180,9 +201,9 @@ def _multiview(tree: _Tree, settings: ExpertSettings) -> dict:
     d_H, d_W = tree.train.shape
     model = build_model(config, d_H, d_W, len(tree.classes), seed=settings.seed)
     res = train_expert(model, tree.train, tree.val, cfg)
-    probs = predict_proba(res.model, tree.test_X).numpy()
+    predicted = _timed(_proba, res.model, tree.test_X)
     setting = f"r={config.r} proj_dim={config.proj_dim} r_T={config.r_T}"
-    return _row(tree, "multiview", setting, res.model, res, probs)
+    return _row(tree, "multiview", setting, res.model, res, predicted)
 
 
 def _shared(trees: list[_Tree], settings: ExpertSettings) -> list[dict]:
@@ -207,8 +228,9 @@ def _shared(trees: list[_Tree], settings: ExpertSettings) -> list[dict]:
     rows = []
     for tree in trees:
         cols = [classes.index(c) for c in tree.classes]
-        probs = predict_proba(res.model, pad_to(tree.test_X, shape)).numpy()[:, cols]
-        rows.append(_row(tree, "shared", f"one ProbeX, {len(trees)} trees", res.model, res, probs))
+        probs, seconds = _timed(_proba, res.model, pad_to(tree.test_X, shape))
+        setting = f"one ProbeX, {len(trees)} trees"
+        rows.append(_row(tree, "shared", setting, res.model, res, (probs[:, cols], seconds)))
     return rows
 
 
@@ -232,26 +254,34 @@ def _sane(trees: list[_Tree], cfg: SaneConfig, seed: int) -> list[dict]:
         )
     }
 
-    def heads(model: Sane, split: str) -> list[np.ndarray]:
-        return [torch.sigmoid(embed(model, d)[1][:, d.cols]).numpy() for d in splits[split]]
-
     def score_val(model: Sane) -> float:
-        return float(np.mean([_score_split(t, p, t.val.Y)[1] for t, p in zip(
-            trees, heads(model, "val"), strict=True)]))  # fmt: skip
+        return float(np.mean([_score_split(t, _sane_head(model, d), t.val.Y)[1] for t, d in zip(
+            trees, splits["val"], strict=True)]))  # fmt: skip
 
     res = train_sane(splits["train"], score_val, cfg, len(classes), seed)
     rows = []
     setting = f"token={cfg.token} window={cfg.window} d={cfg.d_model} depth={cfg.depth}"
-    for k, (tree, probs) in enumerate(zip(trees, heads(res.model, "test"), strict=True)):
-        rows.append(_row(tree, "sane", setting + " head", res.model, res, probs))
+    for k, tree in enumerate(trees):
+        test = splits["test"][k]
+        predicted = _timed(_sane_head, res.model, test)
+        rows.append(_row(tree, "sane", setting + " head", res.model, res, predicted))
         for which, name in ((0, "ridge probe (mean)"), (2, "ridge probe (codes)")):
-            emb = {s: embed(res.model, splits[s][k])[which][:, None, :] for s in splits}
+            emb = {s: embed(res.model, splits[s][k])[which][:, None, :] for s in ("train", "val")}
             probe = fit_ridge(TensorData(emb["train"], tree.train.Y), TensorData(emb["val"],
                               tree.val.Y), single=tree.single_label)  # fmt: skip
-            probs = predict_proba(probe.model, emb["test"]).numpy()
-            rows.append(_row(tree, "sane", f"{setting} {name}", res.model, res, probs,
+            predicted = _timed(_sane_probe, res.model, probe.model, test, which)
+            rows.append(_row(tree, "sane", f"{setting} {name}", res.model, res, predicted,
                              count_parameters(probe.model)))  # fmt: skip
     return rows
+
+
+def _sane_head(model: Sane, data: LayerSet) -> np.ndarray:
+    return torch.sigmoid(embed(model, data)[1][:, data.cols]).numpy()
+
+
+def _sane_probe(model: Sane, probe, data: LayerSet, which: int) -> np.ndarray:
+    """A ridge read-out of the learner's embedding (0: mean encoding, 2: token codes)."""
+    return _proba(probe, embed(model, data)[which][:, None, :])
 
 
 def _raw_reader(home: Home):
@@ -286,9 +316,9 @@ def _official(tree: _Tree, raw, settings: ExpertSettings) -> dict:
     model = build_model(ProbeXConfig(), *shape, len(tree.classes), seed=settings.seed)
     res = train_expert(model, TensorData(data["train"], tree.train.Y),
                        TensorData(data["val"], tree.val.Y), cfg)  # fmt: skip
-    probs = predict_proba(res.model, data["test"]).numpy()
+    predicted = _timed(_proba, res.model, data["test"])
     setting = f"raw weights, r_U=128 r_V=128 r_T=512, {cfg.epochs} epochs"
-    return _row(tree, "official", setting, res.model, res, probs)
+    return _row(tree, "official", setting, res.model, res, predicted)
 
 
 def _widen(Y: torch.Tensor, cols: list[str], classes: list[str]) -> torch.Tensor:

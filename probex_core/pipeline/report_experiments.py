@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from probex_core.catalog import Home, query
@@ -74,20 +75,24 @@ def _experiment_cost(ran: pd.DataFrame) -> Section:
     if rows.empty:
         return Section(title, None, NOT_RUN)
     table = (
-        rows.groupby("experiment", sort=False)
+        rows.assign(models_per_second=rows.get("models_per_second", np.nan))
+        .groupby("experiment", sort=False)
         .agg(
             parameters=("params", "min"),
             max_parameters=("params", "max"),
             s_per_epoch=("epoch_seconds", "median"),
-        )  # fmt: skip
+            models_per_second=("models_per_second", "median"),
+        )
         .reset_index()
     )
     table["experiment"] = table.experiment.map(EXPERIMENT_NAMES)
     note = (
         "Trainable parameters (smallest and largest over the trees; a learner across all "
         "trees is one model, its ridge read-outs included in the SANE rows' largest) and the "
-        "median seconds per training epoch, on this machine when the experiments ran. The "
-        "pipeline's own methods, with inference speed, are in the cost table above."
+        "median seconds per training epoch and test models read per second at inference "
+        "(for the SANE-style rows, its embedding plus the read-out; for the official protocol, "
+        "after the weights are read), on this machine when the experiments ran. The "
+        "pipeline's own methods are in the cost table above."
     )
     return Section(title, table, note)
 
