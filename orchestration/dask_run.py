@@ -26,9 +26,11 @@ import dagster as dg
 
 from assets.experts import ExpertTraining
 from probex_core.catalog import Home
+from probex_core.errors import UserError
 
 LOCAL_WORKERS = 2
 RETRIES = 2  # reruns of a tree whose worker died
+CONNECT_TIMEOUT = "10s"  # to reach a given scheduler
 
 
 @contextlib.contextmanager
@@ -38,7 +40,11 @@ def dask_client(address: str) -> Iterator:
     from distributed import Client, LocalCluster
 
     if address != "local":
-        with Client(address) as client:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT)
+        except OSError as e:  # no scheduler there: the user's address, one line
+            raise UserError(f"no Dask scheduler reachable at {address}: {e}") from e
+        with client:
             yield client
         return
     with (

@@ -38,3 +38,17 @@ def test_trees_built_on_a_local_dask_cluster_answer_as_a_single_machine(built, t
         assert (same.probability - theirs.probability[i]).abs().min() < 1e-5, theirs.loc[i]
     experts = "SELECT tree_id, layer FROM experts ORDER BY ALL"
     assert query(home, experts).equals(query(src, experts))
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch) -> None:
+    import pytest
+
+    import orchestration.dask_run as dask_run
+    from probex_core.errors import UserError
+
+    monkeypatch.setattr(dask_run, "CONNECT_TIMEOUT", "1s")
+    with (
+        pytest.raises(UserError, match=r"no Dask scheduler reachable at tcp://127.0.0.1:9"),
+        dask_run.dask_client("tcp://127.0.0.1:9"),
+    ):
+        pass
