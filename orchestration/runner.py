@@ -99,7 +99,8 @@ def run_all(
     swept = sweep_partial_files(home)
     if swept:
         print(f"      removed {len(swept)} partial files an interrupted run left", flush=True)
-    atomic_write_json(home.root / "run.json", {"hub": hub_spec})
+    layout = describe_hub(hub_spec, make_source(hub_spec))  # a bad hub stops here, one line
+    atomic_write_json(home.root / "run.json", {"hub": hub_spec, "layout": layout})
     started = time.perf_counter()
     checks: list[dg.AssetCheckEvaluation] = []
 
@@ -114,7 +115,7 @@ def run_all(
         checks.extend(result.get_asset_check_evaluations())
 
     t = _step(1, 4, f"crawl {hub_spec} and recover trees")
-    print(f"      {describe_hub(hub_spec, make_source(hub_spec))}", flush=True)
+    print(f"      {layout}", flush=True)
     materialize(selection=[hub_repos, model_trees])
     repos = query_or_empty(home, "SELECT count(*) AS n FROM raw_repos")
     print(f"      {repos} repos crawled in {time.perf_counter() - t:.1f}s", flush=True)

@@ -265,8 +265,9 @@ def _sane(trees: list[_Tree], cfg: SaneConfig, seed: int) -> list[dict]:
         test = splits["test"][k]
         predicted = _timed(_sane_head, res.model, test)
         rows.append(_row(tree, "sane", setting + " head", res.model, res, predicted))
+        seen = {s: embed(res.model, splits[s][k]) for s in ("train", "val")}  # once per tree
         for which, name in ((0, "ridge probe (mean)"), (2, "ridge probe (codes)")):
-            emb = {s: embed(res.model, splits[s][k])[which][:, None, :] for s in ("train", "val")}
+            emb = {s: out[which][:, None, :] for s, out in seen.items()}
             probe = fit_ridge(TensorData(emb["train"], tree.train.Y), TensorData(emb["val"],
                               tree.val.Y), single=tree.single_label)  # fmt: skip
             predicted = _timed(_sane_probe, res.model, probe.model, test, which)

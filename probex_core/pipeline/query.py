@@ -106,10 +106,16 @@ def _resolve(home: Home, target: str, hub: str | None) -> tuple[object, RepoReco
     return source, source.crawl(target)
 
 
-def last_run_hub(home: Home) -> str | None:
-    """The hub the last `probex run` on this home read (its run.json), if any."""
+def last_run(home: Home) -> dict:
+    """What the last `probex run` on this home recorded (its run.json: the hub, and the hub's
+    layout as the run described it), or {}."""
     path = home.root / "run.json"
-    return json.loads(path.read_text()).get("hub") if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def last_run_hub(home: Home) -> str | None:
+    """The hub the last `probex run` on this home read, if any."""
+    return last_run(home).get("hub")
 
 
 def predict_one(home: Home, target: str, hub: str | None = None, top: int = 5) -> Prediction:

@@ -22,12 +22,10 @@ import torch
 
 from probex_core.catalog import Home, load_sql, query
 from probex_core.env import zoo_manifest_path
-from probex_core.errors import UserError
 from probex_core.files import atomic_path
-from probex_core.hub import describe_hub, make_source
 from probex_core.models import count_parameters
 from probex_core.pipeline.common import png
-from probex_core.pipeline.query import last_run_hub
+from probex_core.pipeline.query import last_run
 from probex_core.pipeline.report_experiments import Section, experiment_sections, headline
 from probex_core.store import TreeExperts, TreeLayers
 from probex_core.train import predict_logits
@@ -144,7 +142,8 @@ def _sql_section(home: Home, title: str, name: str, note: str) -> Section:
 
 
 def _header(home: Home, truth: bool) -> dict[str, str]:
-    hub = last_run_hub(home)
+    run = last_run(home)
+    hub = run.get("hub")
     path = zoo_manifest_path(hub) if hub else None
     manifest = json.loads(path.read_text()) if path else {}
     if manifest:
@@ -159,16 +158,9 @@ def _header(home: Home, truth: bool) -> dict[str, str]:
         f"torch {torch.__version__} on CPU ({torch.get_num_threads()} threads)",
         "probex": version("probex"),
         "hub": hub or "unknown (no run.json)",
-        "hub layout": _layout(hub) if hub else "unknown",
+        "hub layout": run.get("layout", "unknown (not recorded by the run)"),
         "zoo": zoo,
     }
-
-
-def _layout(hub: str) -> str:
-    try:
-        return describe_hub(hub, make_source(hub))
-    except UserError as e:  # the hub moved or went away since the run: say so, report the rest
-        return f"not readable now ({e})"
 
 
 def _accuracy(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
