@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from orchestration.cli import main
 from probex_core.catalog import SQL_DIR, load_sql, query
 from probex_core.pipeline.query import last_run_hub
+from tests.test_pipeline import copy_home
 
 
 @pytest.fixture
@@ -37,7 +38,10 @@ def test_every_report_query_runs_and_answers(on_built) -> None:
         assert len(query(on_built, load_sql(name))) > 0, name
 
 
-def test_report_prints_every_tree_by_name_with_the_skipped_one_explained(on_built, capsys):
+def test_report_prints_every_tree_by_name_with_the_skipped_one_explained(
+    on_built, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("PROBEX_HOME", str(copy_home(on_built, tmp_path / "home").root))
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     for title in ("## Summary", "## Trees", "## Experts (validation)", "## Evaluations"):

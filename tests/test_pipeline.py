@@ -325,11 +325,11 @@ def test_expert_code_version_change_marks_every_tree_stale(built, monkeypatch):
     assert sorted(plan.stale) == sorted(plan.wanted) and len(plan.wanted) >= 3
 
 
-def test_sensor_requests_exactly_the_stale_trees(built, monkeypatch):
+def test_sensor_requests_exactly_the_stale_trees(built, tmp_path):
     from assets.partitions import register_trees
     from orchestration.sensors import plan_rebuilds
 
-    home, _ = built
+    home = copy_home(built[0], tmp_path / "home")
     plan = pipeline.stale_trees(home)
     instance = dg.DagsterInstance.ephemeral()
     assert register_trees(instance, plan.wanted) == list(plan.wanted)
@@ -337,15 +337,9 @@ def test_sensor_requests_exactly_the_stale_trees(built, monkeypatch):
     assert isinstance(plan_rebuilds(home, instance), dg.SkipReason)
     victim = sorted(plan.wanted)[0]
     meta = home.expert_dir(victim) / "meta.json"
-    saved = meta.read_text()
-    try:
-        data = json.loads(saved)
-        data["version"] = "outdated"
-        meta.write_text(json.dumps(data))
-        result = plan_rebuilds(home, instance)
-        assert [r.partition_key for r in result.run_requests] == [victim]
-    finally:
-        meta.write_text(saved)
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "version": "outdated"}))
+    result = plan_rebuilds(home, instance)
+    assert [r.partition_key for r in result.run_requests] == [victim]
 
 
 PARTITION_RUN = """
@@ -414,6 +408,12 @@ def test_three_tree_partitions_at_once_with_the_multiprocess_executor(built, tmp
         assert pipeline.verify_layers(home, tree) == [], tree
     refresh_views(home)
     assert set(query(home, "SELECT DISTINCT tree_id FROM experts").tree_id) == trained
+
+
+def copy_home(src: Home, dst: Path) -> Home:
+    """A private, complete copy of a built home (the shared one is read-only)."""
+    shutil.copytree(src.root, dst)
+    return Home(dst)
 
 
 def copy_without_trees(src: Home, dst: Path) -> Home:

@@ -11,6 +11,7 @@ import pytest
 from orchestration.cli import main
 from probex_core.catalog import Home, query, read_table, refresh_views, write_table
 from probex_core.pipeline.report import CLASSIFIERS, build_report, write_report
+from tests.test_pipeline import copy_home
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -52,8 +53,8 @@ def test_every_accuracy_in_the_report_is_the_catalogs(built) -> None:
     )
 
 
-def test_probex_report_writes_the_file_and_prints_it(built, monkeypatch, capsys) -> None:
-    home, _ = built
+def test_probex_report_writes_the_file_and_prints_it(built, monkeypatch, capsys, tmp_path):
+    home = copy_home(built[0], tmp_path / "home")
     monkeypatch.setenv("PROBEX_HOME", str(home.root))
     (home.root / "report" / "report.md").unlink()
     assert main(["report"]) == 0
