@@ -2,29 +2,62 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 
 from assets.experts import ExpertTraining
 from probex_core import pipeline
-from probex_core.catalog import query
+from probex_core.catalog import query, refresh_views
 from tests.conftest import FAST
 from tests.test_pipeline import built_hub, copy_without_trees
 
 
-def test_trees_built_on_a_local_dask_cluster_answer_as_a_single_machine(built, tmp_path):
+def test_trees_built_on_a_dask_cluster_answer_as_a_single_machine_though_a_worker_died(
+    built, tmp_path
+):
     """On a copy of the built home with every tree's layers and experts removed, `probex run
-    --dask` rebuilds all of them on two worker processes; the catalog then holds the same
-    experts and the same predictions as the single-machine run that built the original
-    (measured: probabilities within 6e-7, every rank equal)."""
+    --dask ADDRESS` rebuilds all of them on a two-worker LocalCluster, and the worker
+    training the first expert is killed (SIGKILL) mid-partition: the scheduler runs that
+    tree again on the other worker (the nanny restarts the dead one). The catalog then holds
+    the same experts and the same predictions as the single-machine run that built the
+    original (measured: probabilities within 6e-7, every rank equal), and no part that the
+    dead worker half-wrote is read."""
+    from distributed import Client, LocalCluster
+
     from orchestration.runner import run_all
 
     src, _ = built
     home = copy_without_trees(src, tmp_path / "home")
     stale = sorted(pipeline.stale_trees(home).stale)
     assert len(stale) == 3
-    result = run_all(home, str(built_hub(src)), training=ExpertTraining(**FAST), dask="local")
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        killed: list[str] = []
+        killer = threading.Thread(target=_kill_a_worker_training, args=(client, home, killed))
+        killer.start()
+        try:
+            result = run_all(
+                home,
+                str(built_hub(src)),
+                training=ExpertTraining(**FAST),
+                dask=cluster.scheduler_address,
+            )
+        finally:
+            killer.join(timeout=60)
+    assert killed, "no worker was killed while it trained an expert"
     assert sorted(result["built"]) == stale and all(result["checks"].values())
     assert pipeline.stale_trees(home).stale == []
+    for tree in stale:
+        assert pipeline.verify_layers(home, tree) == [], tree
+    refresh_views(home)  # every Parquet part the catalog reads opens whole
     sql = "SELECT * FROM predictions ORDER BY repo_id, class_name"
     mine, theirs = query(home, sql), query(src, sql)
     assert len(mine) == len(theirs) > 0
@@ -52,3 +85,30 @@ def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch) -> None:
         dask_run.dask_client("tcp://127.0.0.1:9"),
     ):
         pass
+
+
+def _kill_a_worker_training(client, home, killed: list[str], timeout: float = 300) -> None:
+    """Wait until a worker is training a tree's experts (its expert folder exists, its meta
+    not yet), then SIGKILL that worker's process; append the tree to `killed`."""
+    pids = client.run(os.getpid)  # worker address → its process
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for address, keys in client.processing().items():
+            for key in keys:
+                tree = str(key).removeprefix("probex-tree-")
+                experts = home.expert_dir(tree)
+                if experts.is_dir() and not (experts / "meta.json").exists():
+                    os.kill(pids[address], signal.SIGKILL)
+                    killed.append(tree)
+                    return
+        time.sleep(0.05)
+
+
+def test_without_an_address_a_local_cluster_of_worker_processes_is_started() -> None:
+    import orchestration.dask_run as dask_run
+
+    with dask_run.dask_client("local") as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == dask_run.LOCAL_WORKERS
+        assert all(w["nthreads"] == 1 for w in workers.values())
+        assert len(set(client.run(os.getpid).values()) | {os.getpid()}) == 1 + len(workers)
