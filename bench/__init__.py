@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "search": "bench.search",
     "zoo-signal": "bench.zoo_signal",
     "modelj": "bench.modelj",
+    "scale": "bench.scale",
 }
 
 

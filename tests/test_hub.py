@@ -231,6 +231,26 @@ def test_read_tensors_reads_only_that_tensors_bytes(hub: Path) -> None:
     assert half.dtype == torch.float16 and torch.equal(half, saved["conv.weight"])
 
 
+def test_bench_scale_counts_a_crawl_by_headers_and_a_read_by_its_tensors(hub: Path) -> None:
+    """`probex bench scale`'s counter (on every directory source): a crawl reads headers,
+    not weights; a layer read reads exactly its tensors' bytes (read/tensor = 1)."""
+    from bench.scale import _Counter, _counting
+
+    with _counting(_Counter()) as counter:
+        src = LocalHubSource(hub)
+        r = src.crawl("zoo/mlp-a")
+        repo = hub / "zoo" / "mlp-a"
+        texts = [repo / f for f in ("README.md", "config.json") if (repo / f).is_file()]
+        header = min(t.start for t in r.tensors.values())  # 8 bytes + the JSON header
+        want = header + sum(p.stat().st_size for p in texts)
+        assert counter.take() == (want, 0, 1 + len(texts))
+        src.read_tensors(r, ["fc1.weight", "fc2.weight"])
+        nbytes = sum(r.tensors[n].end - r.tensors[n].start for n in ("fc1.weight", "fc2.weight"))
+        assert counter.take() == (nbytes, nbytes, 1)
+    src.read_tensors(r, ["fc1.weight"])  # the patch is gone with the block
+    assert counter.take() == (0, 0, 0)
+
+
 def test_read_ignores_garbage_in_other_tensors(hub: Path) -> None:
     saved = make_full(hub / "zoo" / "mlp-d", seed=6)
     src = LocalHubSource(hub)
