@@ -1,7 +1,8 @@
 """Where probex writes and which hub it reads: every environment variable and default of the
 two, decided here and nowhere else.
 
-- The home: an explicit directory, else `$PROBEX_HOME`, else `./.probex`.
+- The home: an explicit directory, else `$PROBEX_HOME`, else `./.probex` (a path or a
+  `file://` URL).
 - The hub: an explicit spec, else `$PROBEX_HUB`; without either, each caller says what it
   falls back to — `probex run` and the Dagster resources to the embedded zoo generated under
   the home (`default_zoo_hub`), `probex predict` and `probex ui` to the hub the last run read.
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from probex_core.errors import UserError
 
 HOME_VAR = "PROBEX_HOME"
 HUB_VAR = "PROBEX_HUB"
@@ -19,8 +23,21 @@ DEFAULT_ZOO = "default"
 
 
 def home_root(explicit: str | Path | None = None) -> Path:
-    """The home directory, resolved: `explicit`, else $PROBEX_HOME, else ./.probex."""
-    return Path(explicit or os.environ.get(HOME_VAR) or DEFAULT_HOME).resolve()
+    """The home directory, resolved: `explicit`, else $PROBEX_HOME, else ./.probex. A
+    `file://` URL is its path (a local disk or a shared mount that every worker sees); any
+    other URL scheme is refused in one line, not made into a local folder named after it."""
+    given = str(explicit or os.environ.get(HOME_VAR) or DEFAULT_HOME)
+    url = urlsplit(given)
+    if "://" in given and url.scheme == "file":
+        if url.netloc not in ("", "localhost"):
+            raise UserError(f"home {given}: a file:// URL names no host (file:///path)")
+        given = unquote(url.path)
+    elif "://" in given:
+        raise UserError(
+            f"home {given}: {url.scheme}:// homes are not supported yet; give a local path, "
+            "a file:// URL or a shared mount that every worker reaches at the same path"
+        )
+    return Path(given).expanduser().resolve()
 
 
 def hub_from_env(explicit: str | None = None) -> str | None:

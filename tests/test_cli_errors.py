@@ -75,3 +75,23 @@ def test_predict_finds_a_repo_id_in_the_hub_of_the_last_run(built, capsys, monke
     assert main(["predict", repo]) == 0
     out = capsys.readouterr().out
     assert f"model: {repo}" in out and f"({tree}, distance" in out
+
+
+def test_a_home_given_as_an_unsupported_url_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROBEX_HOME", "s3://bucket/probex")
+    assert main(["sql", "SELECT 1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s3:// homes are not supported" in err[0], err
+    assert not any(tmp_path.iterdir()), "no local folder named after the URL"
+
+
+def test_a_home_given_as_a_file_url_is_that_directory(tmp_path: Path) -> None:
+    from probex_core.catalog import Home
+    from probex_core.errors import UserError
+
+    where = tmp_path / "shared mount" / "home"
+    assert Home.from_env(where.as_uri()).root == where.resolve()
+    assert Home.from_env(f"file://localhost{where}").root == where.resolve()
+    with pytest.raises(UserError, match="names no host"):
+        Home.from_env("file://otherhost/x")
