@@ -142,3 +142,23 @@ def test_calibration_reorders_and_round_trips(tmp_path, data):
     assert load_index(tmp_path / "calibrated.safetensors").search(q, 2) == hits
     with pytest.raises(ValueError, match="calibration values"):
         SearchIndex(x, repo_ids, trees, scales=np.ones(3))
+
+
+def test_bench_table_and_data_build_at_any_size(data):
+    """`probex bench search` loads its DuckDB table from a pyarrow view and builds its data
+    in chunks; both give what the plain routes give."""
+    from bench import search as bench_search
+
+    x, centres, repo_ids, trees, _ = data
+    x, repo_ids, trees = x[:500], repo_ids[:500], trees[:500]
+    con = duckdb.connect(config={"threads": 1})
+    assert bench_search._load_embeddings(con, repo_ids, trees, x).startswith("pyarrow")
+    index = SearchIndex(x, repo_ids, trees)
+    for q in centres[:3]:
+        sql_ids = [h.repo_id for h in search_models_duckdb(con, q, "bench", 10)]
+        assert sql_ids == [h.repo_id for h in index.search(q, 10)]
+    chunked, c1 = bench_search._synthetic(300, 15, chunk=64)
+    whole, c2 = bench_search._synthetic(300, 15, chunk=300)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(chunked, whole, atol=1e-7)
+    assert chunked.dtype == np.float32
