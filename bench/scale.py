@@ -157,6 +157,7 @@ def _run(quick: bool, scratch: Path) -> dict:
     catalog = _catalog_sizes(home, scratch, target=1_000 if quick else 10_000)
     crawl_sizes = (100, 1_000) if quick else (1_000, 10_000)
     synthetic = {m: _synthetic_crawl(scratch / f"synthetic-{m}", m) for m in crawl_sizes}
+    recovery = {m: _synthetic_recovery(m) for m in crawl_sizes}
     per_tree = {w: _per_tree_phase(home, hub, trees, tree_names(home), w) for w in (1, 2)}
     results = {
         "hub": hub,
@@ -167,6 +168,7 @@ def _run(quick: bool, scratch: Path) -> dict:
         "speedup_2_workers": per_tree[1] / per_tree[2],
         "catalog": catalog,
         "synthetic_crawl": synthetic,
+        "synthetic_recovery": recovery,
     }
     _print(results, quick)
     return results
@@ -200,6 +202,31 @@ def _synthetic_crawl(root: Path, n: int, n_tensors: int = 150) -> dict:
     read, _, files = counter.take()
     return {"models": n, "seconds": seconds, "s_per_model": seconds / n,
             "bytes_per_model": read / n, "files_per_model": files / n}  # fmt: skip
+
+
+def _synthetic_recovery(n: int) -> dict:
+    """Tree recovery from weights alone on `n` synthetic models (`bench trees`' forests:
+    trees of 1 + 9 + 90 models, two signatures, two 64 x 64 layers): seconds per model.
+    Distances are pairwise within a signature group, so this grows with the group's size."""
+    from collections import Counter
+
+    import torch
+
+    from bench.trees import ForestSpec, score_recovery, synthetic_forest
+    from probex_core.trees import TreeConfig, recover_trees
+
+    shapes = (((64, 64), (32, 64)), ((64, 64), (64, 64)))
+    specs = [ForestSpec((9, 10), layer_shapes=shapes[t % 2]) for t in range(max(1, n // 100))]
+    records, truth = synthetic_forest(specs, seed=0, documented=0.8)
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    recovery = recover_trees(records, TreeConfig())
+    seconds = time.perf_counter() - t
+    scores = score_recovery(recovery, truth)
+    return {"models": len(records), "seconds": seconds, "s_per_model": seconds / len(records),
+            "largest_group": max(Counter(r.signature for r in records).values()),
+            "ari": scores.ari,
+            "edge_accuracy": scores.edge_accuracy}  # fmt: skip
 
 
 def _catalog_sizes(home, scratch: Path, target: int) -> dict:
@@ -283,6 +310,12 @@ def _print(r: dict, quick: bool) -> None:
             f"synthetic hub of {m:,} repos (150-tensor headers): crawl"
             f" {1000 * c['s_per_model']:.2f} ms/model, {_bytes(c['bytes_per_model'])}/model read,"
             f" {c['files_per_model']:.1f} files opened/model"
+        )
+    for c in r["synthetic_recovery"].values():
+        print(
+            f"tree recovery of {c['models']:,} synthetic models (groups of {c['largest_group']:,}):"
+            f" {c['seconds']:.1f}s, {1000 * c['s_per_model']:.2f} ms/model,"
+            f" ARI {c['ari']:.3f}, edge accuracy {c['edge_accuracy']:.3f}"
         )
     for m, c in r["catalog"].items():
         print(
