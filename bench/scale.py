@@ -2,17 +2,21 @@
 
 One run, on the default zoo (`--quick`: the tiny zoo, generated into a temp dir):
 - each stage timed in this process on one torch thread, per model: crawl (headers, cards,
-  configs), tree recovery, layer extraction and expert training (every tree's, with the
-  pipeline's default training settings);
+  configs), tree recovery, layer extraction, expert training (every tree's, with the
+  pipeline's default training settings) and prediction;
 - bytes read from the hub per stage, counted at the one place a directory hub opens a file:
   per model, and for extraction against the bytes of the tensors it asked for (target
   <= 1.1: a layer is read by seeking to its tensors, nothing else of the file);
+- at two sizes the zoo does not reach, 10^3 and 10^4 models (quick: 10^2 and 10^3): the
+  crawl of a synthetic hub (ViT-B-sized headers) and tree recovery of synthetic forests;
+  the catalog's Parquet bytes per model as built and tiled to 10^4 models (quick: 10^3);
 - the per-tree phase (every tree's layers, then experts, through Dagster: what `probex run
   --dask` runs) on a Dask LocalCluster of one worker, then of two (one thread each), and
   the ratio of their wall times.
 
 The home is a scratch one in a temp dir; the user's home is only read for its default zoo
-(generated there if missing, as `probex run` would).
+(generated there if missing, as `probex run` would). docs/scale.md builds its cost model of
+a 10^6-model hub from these numbers.
 """
 
 from __future__ import annotations
@@ -335,8 +339,8 @@ def _print(r: dict, quick: bool) -> None:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
