@@ -11,9 +11,11 @@ Dagster's own `dask_executor` (dagster-dask 0.29.27 with dagster 1.13.27) does n
 partitioned job: it hands the run to `Client.submit`, dask's task-spec parser walks the
 run's partition subset (a NamedTuple-based `@record`), and `@record` forbids iteration
 ("Iteration is not allowed on `@record` KeyRangesPartitionsSubset"; dask 2024.10, 2024.11
-and 2026.8 alike). Hence one task per partition here, with Dask's retries: a task whose
-worker dies is run again on another (each partition writes its files atomically, so a
-half-done one leaves nothing visible and the rerun completes it).
+and 2026.8 alike). Hence one task per partition here. A task whose worker dies is run again
+on another by the scheduler (`distributed.scheduler.allowed-failures`, default 3: with 0,
+the killed tree fails the run as `KilledWorker`); a task that raises is retried `RETRIES`
+times. Each partition writes its files atomically, so a half-done one leaves nothing
+visible and the rerun completes it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from probex_core.catalog import Home
 from probex_core.errors import UserError
 
 LOCAL_WORKERS = 2
-RETRIES = 2  # reruns of a tree whose worker died
+RETRIES = 2  # reruns of a tree whose task raised (a dead worker: allowed-failures)
 CONNECT_TIMEOUT = "10s"  # to reach a given scheduler
 
 

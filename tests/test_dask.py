@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 
@@ -41,7 +40,10 @@ def test_trees_built_on_a_dask_cluster_answer_as_a_single_machine_though_a_worke
         Client(cluster) as client,
     ):
         killed: list[str] = []
-        killer = threading.Thread(target=_kill_a_worker_training, args=(client, home, killed))
+        done = threading.Event()
+        killer = threading.Thread(
+            target=_kill_a_worker_training, args=(client, home, killed, done), daemon=True
+        )
         killer.start()
         try:
             result = run_all(
@@ -51,6 +53,7 @@ def test_trees_built_on_a_dask_cluster_answer_as_a_single_machine_though_a_worke
                 dask=cluster.scheduler_address,
             )
         finally:
+            done.set()  # a run that ended (or failed) before the kill stops the watch
             killer.join(timeout=60)
     assert killed, "no worker was killed while it trained an expert"
     assert sorted(result["built"]) == stale and all(result["checks"].values())
@@ -87,12 +90,11 @@ def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch) -> None:
         pass
 
 
-def _kill_a_worker_training(client, home, killed: list[str], timeout: float = 300) -> None:
+def _kill_a_worker_training(client, home, killed: list[str], done: threading.Event) -> None:
     """Wait until a worker is training a tree's experts (its expert folder exists, its meta
     not yet), then SIGKILL that worker's process; append the tree to `killed`."""
     pids = client.run(os.getpid)  # worker address → its process
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not done.is_set():
         for address, keys in client.processing().items():
             for key in keys:
                 tree = str(key).removeprefix("probex-tree-")
@@ -101,7 +103,7 @@ def _kill_a_worker_training(client, home, killed: list[str], timeout: float = 30
                     os.kill(pids[address], signal.SIGKILL)
                     killed.append(tree)
                     return
-        time.sleep(0.05)
+        done.wait(0.05)
 
 
 def test_without_an_address_a_local_cluster_of_worker_processes_is_started() -> None:
