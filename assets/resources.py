@@ -20,7 +20,7 @@ def default_home() -> str:
 
 def default_hub() -> str:
     """PROBEX_HUB, else the embedded zoo that `probex run` generates under the home."""
-    return hub_from_env() or str(default_zoo_hub(home_root()))
+    return hub_from_env() or str(default_zoo_hub(Home.from_env().root))
 
 
 class ProbexHome(dg.ConfigurableResource):
@@ -29,7 +29,7 @@ class ProbexHome(dg.ConfigurableResource):
     root: str = Field(default_factory=default_home, description="PROBEX_HOME directory")
 
     def get(self) -> Home:
-        return Home(Path(self.root))
+        return Home(self.root)
 
 
 class HubSourceResource(dg.ConfigurableResource):

@@ -92,7 +92,7 @@ def ui_command(home, host: str, port: int) -> tuple[list[str], dict[str, str]]:
         "-p",
         str(port),
     ]
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), HOME_VAR: str(home.root)}
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(home)), HOME_VAR: home.spec}
     hub = hub_from_env() or last_run_hub(home)  # else the hub `probex run` last read
     if hub:
         env[HUB_VAR] = hub

@@ -4,8 +4,9 @@ Each stale tree is one Dask task: on a worker it materialises that tree's partit
 then experts) with the same asset code and the same Dagster instance as `probex run` does
 in-process (`runner.build_tree`), so runs, checks and staleness read the same afterwards.
 Without an address, a `distributed.LocalCluster` of worker processes on 127.0.0.1 is started
-for the run. Every worker must reach the home at the same path (a LocalCluster does; a
-remote cluster needs shared storage) and the hub.
+for the run. Every worker must reach the home, at the same path (a LocalCluster does; a
+remote cluster through a shared mount) or at its URL (each worker then works in its own
+mirror, `probex_core.storage`), and the hub.
 
 Dagster's own `dask_executor` (dagster-dask 0.29.27 with dagster 1.13.27) does not run our
 partitioned job: it hands the run to `Client.submit`, dask's task-spec parser walks the
@@ -95,7 +96,7 @@ def build_trees_on_dask(
         futures = {
             tree: client.submit(
                 _build_on_worker,
-                str(home.root),
+                home.spec,
                 hub_spec,
                 tree,
                 settings,

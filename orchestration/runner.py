@@ -72,7 +72,7 @@ def build_tree(
     result = dg.materialize(
         _graph(),
         instance=instance_for(home),
-        resources=make_resources(str(home.root), hub_spec),
+        resources=make_resources(home.spec, hub_spec),
         run_config=dg.RunConfig(ops={"tree_experts": training} if training else {}, loggers=QUIET),
         partition_key=tree,
         selection=[tree_layers, tree_experts],
@@ -93,7 +93,7 @@ def run_all(
     scheduler address, or on a LocalCluster started for the run with "local"."""
     assets = _graph()
     os.environ[PROGRESS_ENV] = "1"  # the steps' progress lines reach this terminal
-    resources = make_resources(str(home.root), hub_spec)
+    resources = make_resources(home.spec, hub_spec)
     instance = instance_for(home)
     home.root.mkdir(parents=True, exist_ok=True)
     swept = sweep_partial_files(home)

@@ -17,7 +17,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from probex_core.files import atomic_path
+from probex_core import storage
+from probex_core.files import atomic_path, remove
 from probex_core.schemas import TABLES, empty_select
 
 SQL_DIR = Path(str(resources.files("sql")))
@@ -25,18 +26,30 @@ SQL_DIR = Path(str(resources.files("sql")))
 
 @dataclass(frozen=True)
 class Home:
-    """Everything probex writes lives under one directory (`PROBEX_HOME`, default ./.probex)."""
+    """Everything probex writes lives under one home (`PROBEX_HOME`, default ./.probex): a
+    directory, or an fsspec URL worked on in a local mirror (`probex_core.storage`)."""
 
-    root: Path  # the home directory itself
+    root: Path  # the home directory itself (for a URL: its local mirror)
+    url: str | None = None  # the home's URL, when it is not a local directory
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).resolve())
+        spec = str(self.url or self.root)
+        if storage.is_remote(spec):
+            object.__setattr__(self, "url", spec)
+            object.__setattr__(self, "root", storage.open_remote(spec))
+        else:
+            object.__setattr__(self, "root", Path(self.root).resolve())
 
     @classmethod
     def from_env(cls, root: str | Path | None = None) -> Home:
         from probex_core.env import home_root
 
         return cls(home_root(root))
+
+    @property
+    def spec(self) -> str:
+        """What names this home to another process or machine: its URL, else its path."""
+        return self.url or str(self.root)
 
     @property
     def catalog_path(self) -> Path:
@@ -105,7 +118,7 @@ def remove_table_parts(home: Home, table: str, keep: Iterable[str]) -> None:
     keep = set(keep)
     for p in home.table_dir(table).glob("*.parquet"):
         if p.stem not in keep:
-            p.unlink()
+            remove(p)
 
 
 def read_table(home: Home, table: str) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Where probex writes and which hub it reads: every environment variable and default of the
 two, decided here and nowhere else.
 
-- The home: an explicit directory, else `$PROBEX_HOME`, else `./.probex` (a path or a
-  `file://` URL).
+- The home: an explicit directory, else `$PROBEX_HOME`, else `./.probex` (a path, a
+  `file://` URL, or any fsspec URL: `storage`).
 - The hub: an explicit spec, else `$PROBEX_HUB`; without either, each caller says what it
   falls back to — `probex run` and the Dagster resources to the embedded zoo generated under
   the home (`default_zoo_hub`), `probex predict` and `probex ui` to the hub the last run read.
@@ -18,14 +18,15 @@ from probex_core.errors import UserError
 
 HOME_VAR = "PROBEX_HOME"
 HUB_VAR = "PROBEX_HUB"
+CACHE_VAR = "PROBEX_CACHE"
 DEFAULT_HOME = ".probex"
 DEFAULT_ZOO = "default"
 
 
-def home_root(explicit: str | Path | None = None) -> Path:
-    """The home directory, resolved: `explicit`, else $PROBEX_HOME, else ./.probex. A
-    `file://` URL is its path (a local disk or a shared mount that every worker sees); any
-    other URL scheme is refused in one line, not made into a local folder named after it."""
+def home_root(explicit: str | Path | None = None) -> str | Path:
+    """The home: `explicit`, else $PROBEX_HOME, else ./.probex. A directory comes back
+    resolved (a `file://` URL is its path: a local disk or a shared mount that every worker
+    sees); any other URL comes back as given, for `storage` to mirror."""
     given = str(explicit or os.environ.get(HOME_VAR) or DEFAULT_HOME)
     url = urlsplit(given)
     if "://" in given and url.scheme == "file":
@@ -33,11 +34,13 @@ def home_root(explicit: str | Path | None = None) -> Path:
             raise UserError(f"home {given}: a file:// URL names no host (file:///path)")
         given = unquote(url.path)
     elif "://" in given:
-        raise UserError(
-            f"home {given}: {url.scheme}:// homes are not supported yet; give a local path, "
-            "a file:// URL or a shared mount that every worker reaches at the same path"
-        )
+        return given
     return Path(given).expanduser().resolve()
+
+
+def cache_root() -> Path:
+    """Where the local mirrors of homes at a URL live: $PROBEX_CACHE, else ~/.cache/probex."""
+    return Path(os.environ.get(CACHE_VAR) or Path.home() / ".cache" / "probex").expanduser()
 
 
 def hub_from_env(explicit: str | None = None) -> str | None:

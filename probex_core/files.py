@@ -2,7 +2,7 @@
 
 A reader sees the old file or the new one, never half of one; a killed writer leaves at most a
 `.<name>.*.tmp` beside its target, which `catalog.sweep_partial_files` removes before the next
-run.
+run. For a home at a URL (`storage`), the complete file is then written there too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from probex_core import storage
 
 
 @contextmanager
@@ -29,8 +31,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        storage.pushed(path)  # a home at a URL: the complete file goes there too
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file probex wrote (and its object, for a home at a URL)."""
+    Path(path).unlink(missing_ok=True)
+    storage.removed(Path(path))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

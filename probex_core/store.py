@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probex_core.catalog import Home
-from probex_core.files import atomic_path, atomic_write_json
+from probex_core.files import atomic_path, atomic_write_json, remove
 from probex_core.models import WeightModel, build_model
 
 
@@ -299,4 +299,4 @@ class TreeExperts(_TreeFiles):
 
     def remove_checkpoints(self) -> None:
         for path in self.dir.glob("*.safetensors"):
-            path.unlink()
+            remove(path)

@@ -77,13 +77,14 @@ def test_predict_finds_a_repo_id_in_the_hub_of_the_last_run(built, capsys, monke
     assert f"model: {repo}" in out and f"({tree}, distance" in out
 
 
-def test_a_home_given_as_an_unsupported_url_is_one_line(tmp_path: Path, capsys, monkeypatch):
+def test_a_home_at_a_url_nothing_can_open_is_one_line(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PROBEX_HOME", "s3://bucket/probex")
+    monkeypatch.setenv("PROBEX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROBEX_HOME", "nosuchfs://bucket/probex")
     assert main(["sql", "SELECT 1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "s3:// homes are not supported" in err[0], err
-    assert not any(tmp_path.iterdir()), "no local folder named after the URL"
+    assert len(err) == 1 and "home nosuchfs://bucket/probex: cannot open it" in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == [], "no local folder named after the URL"
 
 
 def test_a_home_given_as_a_file_url_is_that_directory(tmp_path: Path) -> None:
