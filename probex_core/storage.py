@@ -91,6 +91,7 @@ def pull(remote: Remote) -> None:
     seen_path = remote.mirror / ".pulled.json"
     seen = json.loads(seen_path.read_text()) if seen_path.is_file() else {}
     base = base.rstrip("/")
+    fs.invalidate_cache(base)  # what other machines wrote since this process last listed
     found = fs.find(base, detail=True) if fs.exists(base) else {}
     now = {}
     for name, info in found.items():

@@ -1,9 +1,11 @@
-"""A home at an fsspec URL (here `memory://`, in this process): worked on in a local mirror,
-every file written through whole, pulled by another mirror as a second machine would."""
+"""A home at an fsspec URL: worked on in a local mirror, every file written through whole,
+pulled by another mirror as a second machine would (`memory://` in this process; a loopback
+S3 for Dask worker processes)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -39,29 +41,65 @@ def test_a_part_appears_at_the_url_whole_and_a_failed_write_leaves_nothing(url, 
     assert _objects(url) == ["tables/repos/one.parquet"]
 
 
-def test_a_run_on_a_url_home_is_read_whole_by_another_machine(built, url, tmp_path, monkeypatch):
-    """`probex run` with PROBEX_HOME at a URL: the stale trees (all of them, on a copy of the
-    built home put at the URL) are rebuilt in machine 1's mirror and written through; machine
-    2 opens the URL with an empty cache and reads the same catalog, nothing stale."""
+@pytest.fixture
+def s3_url(tmp_path: Path, monkeypatch) -> Iterator[str]:
+    """A bucket on a loopback S3 (moto's server), reachable by this process and by the Dask
+    workers it starts (they inherit the environment)."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "PROBEX_CACHE": str(tmp_path / "machine-1")}  # fmt: skip
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    # fsspec read FSSPEC_S3_* when it was imported: this process is told directly
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]})
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("probex-test")
+    try:
+        yield "s3://probex-test/home"
+    finally:
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        server.stop()
+
+
+def test_dask_workers_build_a_home_on_s3_that_another_machine_reads_whole(
+    built, s3_url, tmp_path, monkeypatch
+):
+    """`probex run --dask` with PROBEX_HOME on a (loopback) S3: a copy of the built home with
+    every tree's layers and experts removed is put in the bucket; two Dask worker processes
+    rebuild the trees, each opening the home from its URL and writing through; then machine
+    2, with an empty cache, reads the same catalog from the bucket, nothing stale."""
     from orchestration.runner import run_all
 
     src, _ = built
     local = copy_without_trees(src, tmp_path / "copy")
-    fs, base = fsspec.core.url_to_fs(url)
+    fs, base = fsspec.core.url_to_fs(s3_url)
     for path in local.root.rglob("*"):
         rel = path.relative_to(local.root).as_posix()
         if path.is_file() and not rel.startswith(("dagster", "catalog.duckdb")):
             fs.put_file(str(path), f"{base}/{rel}")
-    home = Home(url)
+    home = Home(s3_url)
     assert len(pipeline.stale_trees(home).stale) == 3
-    result = run_all(home, str(built_hub(src)), training=ExpertTraining(**SHORT))
+    result = run_all(home, str(built_hub(src)), training=ExpertTraining(**SHORT), dask="local")
     assert all(result["checks"].values()) and len(result["built"]) == 3
-    at_url = _objects(url)
+    at_url = _objects(s3_url)
     assert not [o for o in at_url if o.endswith(".tmp") or o.startswith(("dagster", "catalog"))]
-    assert {f"tables/expert_results/{t}.parquet" for t in result["built"]} & set(at_url)
+    parts = {o.split("/")[-1].removesuffix(".parquet") for o in at_url if "expert_results/" in o}
+    assert parts == set(result["built"])  # each worker's tree part, written through
 
     monkeypatch.setenv("PROBEX_CACHE", str(tmp_path / "machine-2"))
-    other = Home(url)
+    other = Home(s3_url)
     assert other.root != home.root and not other.catalog_path.exists()
     assert pipeline.stale_trees(other).stale == []
     refresh_views(other)
