@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets import evaluation, experts, hub, layers, trees
 from assets.resources import make_resources
+from orchestration.dask_job import rebuild_stale_trees_on_dask
 from orchestration.sensors import (
     crawl_job,
     hub_change_sensor,
@@ -21,7 +22,7 @@ def build_definitions(home: str | None = None, hub_spec: str | None = None) -> d
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[crawl_job, rebuild_tree_job, refresh_job],
+        jobs=[crawl_job, rebuild_tree_job, refresh_job, rebuild_stale_trees_on_dask],
         sensors=[hub_change_sensor, stale_trees_sensor],
         resources=make_resources(home, hub_spec),
     )

@@ -114,3 +114,36 @@ def test_without_an_address_a_local_cluster_of_worker_processes_is_started() -> 
         assert len(workers) == dask_run.LOCAL_WORKERS
         assert all(w["nthreads"] == 1 for w in workers.values())
         assert len(set(client.run(os.getpid).values()) | {os.getpid()}) == 1 + len(workers)
+
+
+def test_the_ui_job_rebuilds_exactly_the_stale_trees_on_dask(built, tmp_path) -> None:
+    """The UI's `rebuild_stale_trees_on_dask` job, launched with an address ('local'), builds
+    the stale tree (here the one without an expert, its folder removed) and nothing else."""
+    import shutil
+
+    from orchestration.definitions import build_definitions
+    from orchestration.runner import instance_for
+    from tests.conftest import SHORT
+    from tests.test_pipeline import copy_home
+
+    src, _ = built
+    home = copy_home(src, tmp_path / "home")
+    skipped = [t for t in pipeline.stale_trees(home).wanted if not home_trained(home, t)]
+    assert len(skipped) == 1
+    shutil.rmtree(home.expert_dir(skipped[0]))
+    assert pipeline.stale_trees(home).stale == skipped
+    job = build_definitions(home.spec, str(built_hub(src))).resolve_job_def(
+        "rebuild_stale_trees_on_dask"
+    )
+    config = {"address": "local", "training": SHORT}
+    result = job.execute_in_process(
+        instance=instance_for(home), run_config={"ops": {"rebuild_stale_trees": {"config": config}}}
+    )
+    assert result.success and result.output_for_node("rebuild_stale_trees") == skipped
+    assert pipeline.stale_trees(home).stale == []
+
+
+def home_trained(home, tree: str) -> bool:
+    import json
+
+    return not json.loads((home.expert_dir(tree) / "meta.json").read_text()).get("skipped")
