@@ -43,9 +43,6 @@ class Remote:
 
         return fsspec.core.url_to_fs(self.url)
 
-    def key(self, rel: str) -> str:
-        return f"{self.fs()[1].rstrip('/')}/{rel}"
-
 
 _REMOTES: dict[Path, Remote] = {}
 
@@ -74,14 +71,19 @@ def _local_only(rel: str) -> bool:
     return first in LOCAL_ONLY or first.startswith(LOCAL_PREFIXES) or rel.endswith(".tmp")
 
 
-def _remote_of(path: Path) -> tuple[Remote, str] | None:
+def _target(path: Path):
+    """(filesystem, object path) of a mirrored file at its home's URL; None for a file of no
+    remote home, or one kept local."""
     if not _REMOTES:
         return None
     path = Path(path).resolve()
     for mirror, remote in _REMOTES.items():
         if path.is_relative_to(mirror):
             rel = path.relative_to(mirror).as_posix()
-            return None if _local_only(rel) else (remote, rel)
+            if _local_only(rel):
+                return None
+            fs, base = remote.fs()
+            return fs, f"{base.rstrip('/')}/{rel}"
     return None
 
 
@@ -125,12 +127,10 @@ def _version(info: dict) -> str:
 
 def pushed(path: Path) -> None:
     """`path` (complete, in a mirror) is written to its URL: whole or not at all."""
-    found = _remote_of(path)
+    found = _target(path)
     if found is None:
         return
-    remote, rel = found
-    fs, _ = remote.fs()
-    target = remote.key(rel)
+    fs, target = found
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if protocols & ATOMIC_PUT:
         fs.put_file(str(path), target)
@@ -142,11 +142,6 @@ def pushed(path: Path) -> None:
 
 def removed(path: Path) -> None:
     """`path` (in a mirror) was deleted: delete its object too."""
-    found = _remote_of(path)
-    if found is None:
-        return
-    remote, rel = found
-    fs, _ = remote.fs()
-    target = remote.key(rel)
-    if fs.exists(target):
-        fs.rm(target)
+    found = _target(path)
+    if found is not None and found[0].exists(found[1]):
+        found[0].rm(found[1])
