@@ -5,32 +5,78 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import fsspec
 import numpy as np
+import pytest
 
 from assets.experts import ExpertTraining
 from probex_core import pipeline
-from probex_core.catalog import query, refresh_views
+from probex_core.catalog import Home, query, read_table, refresh_views
 from tests.conftest import FAST
 from tests.test_pipeline import built_hub, copy_without_trees
+from tests.test_storage import _objects
 
 
-def test_trees_built_on_a_dask_cluster_answer_as_a_single_machine_though_a_worker_died(
-    built, tmp_path
+@pytest.fixture
+def s3_url(tmp_path: Path, monkeypatch) -> Iterator[str]:
+    """A bucket on a loopback S3 (moto's server), reachable by this process and by the Dask
+    workers it starts (they inherit the environment)."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "PROBEX_CACHE": str(tmp_path / "machine-1")}  # fmt: skip
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    # fsspec read FSSPEC_S3_* when it was imported: this process is told directly
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]})
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("probex-test")
+    try:
+        yield "s3://probex-test/home"
+    finally:
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        server.stop()
+
+
+def test_dask_workers_on_an_s3_home_answer_as_a_single_machine_though_one_died(
+    built, s3_url, tmp_path, monkeypatch
 ):
-    """On a copy of the built home with every tree's layers and experts removed, `probex run
-    --dask ADDRESS` rebuilds all of them on a two-worker LocalCluster, and the worker
-    training the first expert is killed (SIGKILL) mid-partition: the scheduler runs that
-    tree again on the other worker (the nanny restarts the dead one). The catalog then holds
-    the same experts and the same predictions as the single-machine run that built the
-    original (measured: probabilities within 6e-7, every rank equal), and no part that the
-    dead worker half-wrote is read."""
+    """`probex run --dask ADDRESS` with PROBEX_HOME in a (loopback) S3 bucket.
+
+    A copy of the built home with every tree's layers and experts removed is put in the
+    bucket. Two LocalCluster worker processes rebuild every tree, each opening the home from
+    its URL and writing through; the worker training the first expert is killed (SIGKILL)
+    mid-partition, and the scheduler runs that tree again on the other worker (the nanny
+    restarts the dead one). Then the catalog holds the same experts and the same predictions
+    as the single-machine run that built the original (measured: probabilities within 6e-7,
+    every rank equal), no part the dead worker half-wrote is read, and a second machine with
+    an empty cache reads the same catalog from the bucket, nothing stale."""
     from distributed import Client, LocalCluster
 
     from orchestration.runner import run_all
 
     src, _ = built
-    home = copy_without_trees(src, tmp_path / "home")
+    local = copy_without_trees(src, tmp_path / "copy")
+    fs, base = fsspec.core.url_to_fs(s3_url)
+    for path in local.root.rglob("*"):
+        rel = path.relative_to(local.root).as_posix()
+        if path.is_file() and not rel.startswith(("dagster", "catalog.duckdb")):
+            fs.put_file(str(path), f"{base}/{rel}")
+    home = Home(s3_url)
     stale = sorted(pipeline.stale_trees(home).stale)
     assert len(stale) == 3
     with (
@@ -74,6 +120,18 @@ def test_trees_built_on_a_dask_cluster_answer_as_a_single_machine_though_a_worke
         assert (same.probability - theirs.probability[i]).abs().min() < 1e-5, theirs.loc[i]
     experts = "SELECT tree_id, layer FROM experts ORDER BY ALL"
     assert query(home, experts).equals(query(src, experts))
+    at_url = _objects(s3_url)
+    assert not [o for o in at_url if o.endswith(".tmp") or o.startswith(("dagster", "catalog"))]
+    parts = {o.split("/")[-1].removesuffix(".parquet") for o in at_url if "expert_results/" in o}
+    assert parts == set(stale)  # each tree's part, written through by its worker
+
+    monkeypatch.setenv("PROBEX_CACHE", str(tmp_path / "machine-2"))
+    other = Home(s3_url)
+    assert other.root != home.root and not other.catalog_path.exists()
+    assert pipeline.stale_trees(other).stale == []
+    refresh_views(other)
+    assert query(other, sql).equals(query(home, sql))
+    assert read_table(other, "expert_results").equals(read_table(home, "expert_results"))
 
 
 def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch) -> None:
