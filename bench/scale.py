@@ -275,19 +275,10 @@ def _per_tree_phase(home, hub: str, trees: list[str], names: dict, workers: int)
     """Every tree's partition on a LocalCluster of `workers` processes; wall seconds."""
     import contextlib
     import io
-    import logging
 
-    from distributed import LocalCluster
+    from orchestration.dask_run import build_trees_on_dask, local_cluster
 
-    from orchestration.dask_run import build_trees_on_dask
-
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster:
+    with local_cluster(workers) as cluster:
         t = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             build_trees_on_dask(home, hub, trees, None, cluster.scheduler_address, names)

@@ -40,7 +40,7 @@ CONNECT_TIMEOUT = "10s"  # to reach a given scheduler
 def dask_client(address: str) -> Iterator:
     """A client of the scheduler at `address`, or of a LocalCluster started for the block
     ("local": worker processes, one thread each, on 127.0.0.1, no dashboard)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if address != "local":
         try:
@@ -50,17 +50,25 @@ def dask_client(address: str) -> Iterator:
         with client:
             yield client
         return
-    with (
-        LocalCluster(
-            n_workers=LOCAL_WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster() as cluster, Client(cluster) as client:
         yield client
+
+
+def local_cluster(workers: int = LOCAL_WORKERS):
+    """A `distributed.LocalCluster` of `workers` processes, one thread each, on 127.0.0.1,
+    no dashboard (a context manager; its `scheduler_address` is what tasks are sent to)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
 
 
 def _build_on_worker(root: str, hub_spec: str, tree: str, training: dict | None) -> str:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from probex_core.digest import digest
 from probex_core.env import cache_root
@@ -33,18 +33,8 @@ LOCAL_PREFIXES = ("zoo-", "catalog.duckdb")
 ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}  # a PUT is all or nothing
 
 
-@dataclass(frozen=True)
-class Remote:
-    url: str
-    mirror: Path
-
-    def fs(self):
-        import fsspec
-
-        return fsspec.core.url_to_fs(self.url)
-
-
-_REMOTES: dict[Path, Remote] = {}
+# mirror → (its filesystem, the home's path on it), for every home at a URL this process opened
+_REMOTES: dict[Path, tuple[Any, str]] = {}
 
 
 def is_remote(spec: str) -> bool:
@@ -54,15 +44,16 @@ def is_remote(spec: str) -> bool:
 
 def open_remote(url: str) -> Path:
     """The local mirror of the home at `url`, registered for write-through and pulled."""
+    import fsspec
+
     try:
-        fs, base = Remote(url, Path()).fs()
+        fs, base = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:  # a protocol without its package, or unknown
         raise UserError(f"home {url}: cannot open it: {e}") from None
     mirror = (cache_root() / "homes" / digest(url)).resolve()
-    remote = Remote(url, mirror)
-    _REMOTES[mirror] = remote
+    _REMOTES[mirror] = (fs, base.rstrip("/"))
     mirror.mkdir(parents=True, exist_ok=True)
-    pull(remote)
+    pull(mirror)
     return mirror
 
 
@@ -71,28 +62,24 @@ def _local_only(rel: str) -> bool:
     return first in LOCAL_ONLY or first.startswith(LOCAL_PREFIXES) or rel.endswith(".tmp")
 
 
-def _target(path: Path):
+def _target(path: Path) -> tuple[Any, str] | None:
     """(filesystem, object path) of a mirrored file at its home's URL; None for a file of no
     remote home, or one kept local."""
     if not _REMOTES:
         return None
     path = Path(path).resolve()
-    for mirror, remote in _REMOTES.items():
+    for mirror, (fs, base) in _REMOTES.items():
         if path.is_relative_to(mirror):
             rel = path.relative_to(mirror).as_posix()
-            if _local_only(rel):
-                return None
-            fs, base = remote.fs()
-            return fs, f"{base.rstrip('/')}/{rel}"
+            return None if _local_only(rel) else (fs, f"{base}/{rel}")
     return None
 
 
-def pull(remote: Remote) -> None:
-    """Bring the mirror up to date with the URL: fetch what changed, drop what is gone."""
-    fs, base = remote.fs()
-    seen_path = remote.mirror / ".pulled.json"
+def pull(mirror: Path) -> None:
+    """Bring a mirror up to date with its URL: fetch what changed, drop what is gone."""
+    fs, base = _REMOTES[mirror]
+    seen_path = mirror / ".pulled.json"
     seen = json.loads(seen_path.read_text()) if seen_path.is_file() else {}
-    base = base.rstrip("/")
     fs.invalidate_cache(base)  # what other machines wrote since this process last listed
     found = fs.find(base, detail=True) if fs.exists(base) else {}
     now = {}
@@ -104,14 +91,14 @@ def pull(remote: Remote) -> None:
             continue
         key = _version(info)
         now[rel] = key
-        local = remote.mirror / rel
+        local = mirror / rel
         if seen.get(rel) != key or not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
             fs.get_file(name, str(tmp))
             os.replace(tmp, local)
     for rel in set(seen) - set(now):  # removed at the URL since the last pull
-        (remote.mirror / rel).unlink(missing_ok=True)
+        (mirror / rel).unlink(missing_ok=True)
     tmp = seen_path.with_name(f".pulled.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(now))
     os.replace(tmp, seen_path)  # processes sharing this mirror may pull at once

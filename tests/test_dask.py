@@ -65,8 +65,9 @@ def test_dask_workers_on_an_s3_home_answer_as_a_single_machine_though_one_died(
     as the single-machine run that built the original (measured: probabilities within 6e-7,
     every rank equal), no part the dead worker half-wrote is read, and a second machine with
     an empty cache reads the same catalog from the bucket, nothing stale."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from orchestration.dask_run import local_cluster
     from orchestration.runner import run_all
 
     src, _ = built
@@ -79,12 +80,7 @@ def test_dask_workers_on_an_s3_home_answer_as_a_single_machine_though_one_died(
     home = Home(s3_url)
     stale = sorted(pipeline.stale_trees(home).stale)
     assert len(stale) == 3
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(2) as cluster, Client(cluster) as client:
         killed: list[str] = []
         done = threading.Event()
         killer = threading.Thread(
