@@ -63,8 +63,15 @@ def _summary(home) -> str:
         )
     lines.append(
         '\nmore: `probex report`; `probex sql "SELECT * FROM evaluations"` (every metric), '
-        "views: models, trees, experts, predictions, evaluations, rejected_repos, embeddings"
+        "views: models, trees, experts, predictions, evaluations, rejected_repos, embeddings, "
+        "cards"
     )
+    cards = query(home, "SELECT count(*) AS n FROM cards").n.iloc[0]
+    if cards:
+        lines.append(
+            f"model cards: {cards} undocumented models have one under {home.root / 'cards'} "
+            "(`probex cards --out DIR` copies them)"
+        )
     return "\n".join(lines)
 
 
@@ -157,6 +164,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = write_report(home, report)
     print(report.markdown())
     print(f"report written to {path} (with {len(report.plots)} plots beside it)")
+    return 0
+
+
+def _cmd_cards(args: argparse.Namespace) -> int:
+    from probex_core.cards.upload import upload_cards
+    from probex_core.pipeline.cards import build_cards, export_cards
+
+    home = _home(args)
+    report = build_cards(home, contradicted=args.contradicted)
+    s = report.summary
+    print(
+        f"{s['cards']} model cards under {s['cards_dir']}: {s['written']} written, "
+        f"{s['unchanged']} unchanged, {s['removed']} removed; "
+        f"{s['listing_some_class']} list at least one training class"
+    )
+    if args.out:
+        print(f"copied {export_cards(home, Path(args.out))} cards to {args.out}")
+    if args.upload:
+        failures = upload_cards(home, args.repo, endpoint=args.endpoint)
+        if failures:
+            print(f"probex: error: {len(failures)} uploads failed", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -270,6 +299,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first train the report's experiments (probes ablation, one shared model across "
         "trees) on every trained tree; minutes per tree",
+    )
+
+    cards = _command(
+        sub,
+        "cards",
+        "write a Hugging Face model card for every undocumented model "
+        "($PROBEX_HOME/cards/<org>/<name>/README.md; unchanged cards are kept)",
+        _cmd_cards,
+    )
+    cards.add_argument("--out", default=None, help="also copy the cards to DIR/<org>/<name>/")
+    cards.add_argument(
+        "--contradicted",
+        action="store_true",
+        help="also for documented models whose declared base model the weights contradict",
+    )
+    cards.add_argument(
+        "--upload",
+        action="store_true",
+        help="open a pull request adding its card on each undocumented model's hub repo "
+        "(HF_TOKEN; without one, says what it would do)",
+    )
+    cards.add_argument("--repo", action="append", help="upload only this model (repeatable)")
+    cards.add_argument(
+        "--endpoint", default=None, help="hub endpoint to upload to (default: HF_ENDPOINT)"
     )
 
     bench = _command(sub, "bench", "side-by-side benchmarks that print ratios", _cmd_bench)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import evaluation, experts, hub, layers, trees
+from assets import cards, evaluation, experts, hub, layers, trees
 from assets.resources import make_resources
 from orchestration.dask_job import rebuild_stale_trees_on_dask
 from orchestration.sensors import (
@@ -15,7 +15,7 @@ from orchestration.sensors import (
     stale_trees_sensor,
 )
 
-ASSET_MODULES = [hub, trees, layers, experts, evaluation]
+ASSET_MODULES = [hub, trees, layers, experts, evaluation, cards]
 
 
 def build_definitions(home: str | None = None, hub_spec: str | None = None) -> dg.Definitions:

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets._common import PROGRESS_ENV
+from assets.cards import model_cards
 from assets.evaluation import evaluations, model_predictions
 from assets.experts import ExpertTraining, tree_experts
 from assets.hub import hub_repos
@@ -138,8 +139,8 @@ def run_all(
         checks += build_tree(home, hub_spec, tree, training)
         print(f"        {expert_line(home, tree)} ({time.perf_counter() - t:.1f}s)", flush=True)
 
-    t = _step(3, 4, "route every model to its expert; evaluate")
-    materialize(selection=[model_predictions, evaluations])
+    t = _step(3, 4, "route every model to its expert; evaluate; write model cards")
+    materialize(selection=[model_predictions, evaluations, model_cards])
     _step(4, 4, f"done in {time.perf_counter() - started:.1f}s; catalog: {home.catalog_path}")
     results = {_check_key(c): c for c in checks}
     failed = [k for k, c in results.items() if not c.passed and c.severity != WARN]

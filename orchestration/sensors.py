@@ -9,6 +9,7 @@ version, so a tree is never launched twice for the same state.
 
 import dagster as dg
 
+from assets.cards import model_cards
 from assets.evaluation import evaluations, model_predictions
 from assets.experts import tree_experts
 from assets.hub import hub_repos
@@ -45,8 +46,8 @@ crawl_job = dg.define_asset_job(
 )
 refresh_job = dg.define_asset_job(
     "predict_and_evaluate",
-    selection=[model_predictions, evaluations],
-    description="Route every model to its expert and score everything.",
+    selection=[model_predictions, evaluations, model_cards],
+    description="Route every model to its expert, score everything, write model cards.",
 )
 
 

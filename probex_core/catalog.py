@@ -67,6 +67,11 @@ class Home:
     def dagster_home(self) -> Path:
         return self.root / "dagster"
 
+    @property
+    def cards(self) -> Path:
+        """Generated model cards: `<org>/<name>/README.md`."""
+        return self.root / "cards"
+
     def table_dir(self, table: str) -> Path:
         return self.tables / table
 
@@ -104,7 +109,7 @@ def sweep_partial_files(home: Home) -> list[Path]:
     `*.tmp` beside its target); return them. Call it only when no step is writing: before a
     run starts, never while partitions run."""
     swept = []
-    for top in (home.tables, home.artifacts):
+    for top in (home.tables, home.artifacts, home.cards):
         if top.is_dir():
             for p in sorted(top.rglob("*.tmp")):
                 if p.is_file():
@@ -142,7 +147,16 @@ def _quote(path: str | Path) -> str:
 BASE_TABLES = tuple(TABLES)  # every table's columns: probex_core.schemas
 
 # User-facing views, each defined in sql/view_<name>.sql over the base tables.
-VIEWS = ("models", "trees", "experts", "predictions", "evaluations", "rejected_repos", "embeddings")
+VIEWS = (
+    "models",
+    "trees",
+    "experts",
+    "predictions",
+    "evaluations",
+    "rejected_repos",
+    "embeddings",
+    "cards",
+)
 
 
 def refresh_views(home: Home) -> None:

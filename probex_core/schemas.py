@@ -108,6 +108,20 @@ TABLES: dict[str, dict[str, str]] = {
         "n": "int",
         "split": "str",
     },
+    # one row per generated model card (`probex cards`; files under $PROBEX_HOME/cards)
+    "model_cards": {
+        "repo_id": "str",
+        "tree_id": "str",
+        "kind": "str",  # "undocumented" | "contradicted" (documented; the weights disagree)
+        "status": "str",  # "predicted" | "no-expert" | "unknown-tree"
+        "base_model": "str",  # the recovered parent
+        "base_model_relation": "str",
+        "listed_classes": "str[]",  # the classes the card lists, most likely first
+        "confidence_threshold": "float",  # the tree's listing threshold (chosen on validation)
+        "expert_version": "str",
+        "content_digest": "str",
+        "path": "str",  # under $PROBEX_HOME/cards
+    },
     # `probex report --experiments`: extra models per tree, scored on its test models
     "report_experiments": {
         "tree_id": "str",

@@ -257,10 +257,17 @@ def _materialisations(instance, asset: str) -> dict[str, int]:
     return counts
 
 
+def _card_times(home: Home) -> dict[str, int]:
+    """Each generated card's repo id → its file's modification time (ns)."""
+    root = home.root / "cards"
+    return {str(p.parent.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("README.md")}
+
+
 def test_changing_one_tree_rebuilds_only_that_tree(built, tiny_hub_copy, tmp_path):
     """On copies of the built home and of its hub (copies keep file times, so every tree's
     version is unchanged): one new fine-tune rebuilds its tree's experts and no other tree's
-    (materialisations counted per partition), then an unchanged hub rebuilds nothing."""
+    (materialisations counted per partition) and rewrites that tree's model cards and no
+    other's, then an unchanged hub rebuilds nothing."""
     from orchestration.runner import instance_for, run_all
 
     zoo = tmp_path / "zoo"
@@ -271,6 +278,7 @@ def test_changing_one_tree_rebuilds_only_that_tree(built, tiny_hub_copy, tmp_pat
     trees = sorted(pipeline.stale_trees(home).wanted)
     assert len(trees) >= 3 and pipeline.stale_trees(home).stale == []
     before = _materialisations(instance_for(home), "tree_experts")
+    cards = _card_times(home)
 
     # Add one new fine-tune to one tree: a copy of a documented member, slightly perturbed.
     manifest = json.loads((zoo / "manifest.json").read_text())
@@ -308,6 +316,12 @@ def test_changing_one_tree_rebuilds_only_that_tree(built, tiny_hub_copy, tmp_pat
         ).tree_id.iloc[0]
         == changed
     )
+    # the rebuilt expert refreshed exactly its tree's model cards
+    after = _card_times(home)
+    assert after.keys() == cards.keys()
+    rewritten = {r for r in cards if after[r] != cards[r]}
+    tree_of = read_table(home, "model_cards").set_index("repo_id").tree_id
+    assert rewritten == {r for r in cards if tree_of[r] == changed} != set()
 
     recovered = (home.artifacts / "trees.json").stat().st_mtime_ns
     third = run_all(home, str(zoo / "hub"), training=ExpertTraining(**SHORT))

@@ -21,7 +21,8 @@ CODE_VERSIONS: dict[str, str] = {
     "tree_layers": "3",
     "tree_experts": "9",
     "model_predictions": "4",
-    "evaluations": "9",
+    "evaluations": "10",
+    "model_cards": "1",
 }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probex_core.cards import listing_scores
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.metrics import (
     expected_calibration_error,
@@ -172,6 +173,7 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         searched.append((tree, calib))
     if searched and truth.heldout:
         _search_rows(rows, home, searched, truth)
+    _card_rows(rows, home, truth)
     extra = {}
     if scores:
         extra = {
@@ -384,6 +386,12 @@ def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None
         se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else None
         rows.add("ALL", method, "heldout_precision_at_10", float(per_query.mean()),
                  float(has.mean()), len(truth.heldout), "holdout", se)  # fmt: skip
+
+
+def _card_rows(rows: _Rows, home: Home, truth: _Truth) -> None:
+    """The classes generated model cards list, against the truth per tree and split."""
+    for r in listing_scores(home, truth.split, truth.classes, ("test", *HOLDOUT)):
+        rows.add(method="card", **r)
 
 
 def _binomial_se(p: float, n: int) -> float:

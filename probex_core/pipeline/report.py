@@ -94,6 +94,7 @@ def build_report(home: Home, measure_speed: bool = True) -> Report:
         _accuracy(evals, names, truth),
         _zero_shot(evals, names, truth),
         _routing_and_recovery(evals, truth),
+        _cards(evals, names, truth),
         _layer_sweep(home, trees),
         _cost(home, trees, measure_speed),
         *experiment_sections(home, evals, names),
@@ -212,6 +213,40 @@ def _zero_shot(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
         "Class names as text: AUC ranks a model's own classes above the others (0.5 chance); "
         "held-out classes were never in any expert's training. Text search over held-out "
         f"class names, precision@10 (calibrated `search`, plain cosine `search-cosine`): {found}."
+    )
+    return Section(title, pd.DataFrame(rows), note)
+
+
+def _cards(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
+    title = "Generated model cards"
+    cards = evals[evals.method == "card"]
+    if not truth:
+        return Section(title, None, f"Cannot fill: {NO_TRUTH}.")
+    if cards.empty:
+        return Section(title, None, "Cannot fill: no tree has a trained classifier.")
+    rows = []
+    for tree_id, g in cards.groupby("tree_id"):
+        by = g[g.split == "test"].set_index("metric")
+
+        def test(metric: str, col: str = "value", by=by) -> float:
+            return float(by[col].get(metric, float("nan")))
+
+        held = g[(g.split != "test") & (g.metric == "listed_precision")]
+        rows.append(
+            {
+                "tree": names.get(tree_id, tree_id),
+                "precision (test)": test("listed_precision"),
+                "chance": test("listed_precision", "chance"),
+                "recall (test)": test("listed_recall"),
+                "models listing a class": test("models_listing_a_class"),
+                "precision (holdout)": float(held.value.mean()) if len(held) else float("nan"),
+            }
+        )
+    note = (
+        "The classes `probex cards` lists on undocumented models' cards (a confidence chosen "
+        "on validation for 90% precision; for many-class models never below 0.5), against the truth. Chance: the "
+        "share of (model, class) pairs that are true. Holdout models were also trained on "
+        "classes no expert knows, so their cards miss those and list others."
     )
     return Section(title, pd.DataFrame(rows), note)
 
