@@ -113,7 +113,7 @@ def build_cards(home: Home, contradicted: bool = False, today: str | None = None
     today = today or dt.date.today().isoformat()
     trees = _tree_facts(home, summary, tree_listings(home))
     root = home.cards
-    rows, written, kept = [], {}, 0
+    rows, written, kept = [], 0, 0
     for model, tree_id in models:
         text, row = render_card(model, trees[tree_id], len(trees), today)
         path = root / model.repo_id / CARD_FILE
@@ -123,7 +123,7 @@ def build_cards(home: Home, contradicted: bool = False, today: str | None = None
             kept += 1
             continue
         atomic_write_bytes(path, text.encode())
-        written[tree_id] = written.get(tree_id, 0) + 1
+        written += 1
     removed = _remove_others(root, {r["path"] for r in rows})
     df = frame(rows, "model_cards")
     write_table(home, "model_cards", df)
@@ -131,7 +131,7 @@ def build_cards(home: Home, contradicted: bool = False, today: str | None = None
     return StepReport(
         summary={
             "cards": len(rows),
-            "written": sum(written.values()),
+            "written": written,
             "unchanged": kept,
             "removed": removed,
             "listing_some_class": int(sum(len(r["listed_classes"]) > 0 for r in rows)),
