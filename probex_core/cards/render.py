@@ -15,6 +15,7 @@ from probex_core.store import ExpertMeta
 
 CARD_FILE = "README.md"
 GENERATED_TAG = "probex-generated"
+METRIC_NAMES = {"per_class_accuracy": "per-class accuracy", "top1": "top-1 accuracy"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _body(
                      f"knows ({reason}), so probex predicts nothing for this model.")  # fmt: skip
         return "\n".join(lines)
     parent = (
-        f"its recovered parent is `{model.parent}` ({relation(tree.kind)})"
+        f"its recovered parent is `{model.parent}` (relation: {relation(tree.kind)})"
         if model.parent
         else "it is the root of that tree"
     )
@@ -160,7 +161,7 @@ def _class_lines(tree: TreeFacts, listed: list[tuple[str, float]]) -> list[str]:
         on = ("undocumented test models whose classes are known" if acc["split"] == "test"
               else "validation models (documented, not trained on)")  # fmt: skip
         chance = "unknown" if acc["chance"] is None else f"{acc['chance']:.3f}"
-        lines += ["", f"Measured on {acc['n']} {on}, the expert's "
-                  f"{acc['metric'].replace('_', ' ')} is {acc['value']:.3f}; chance is "
-                  f"{chance}."]  # fmt: skip
+        metric = METRIC_NAMES.get(acc["metric"], acc["metric"])
+        lines += ["", f"Measured on {acc['n']} {on}, the expert's {metric} is "
+                  f"{acc['value']:.3f}; chance is {chance}."]  # fmt: skip
     return lines
