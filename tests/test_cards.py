@@ -48,6 +48,8 @@ def test_many_class_models_never_list_below_even_odds_and_one_class_models_list_
     Y = np.array([[1, 1, 1], [1, 1, 1]])  # everything is right: precision never binds
     t, _, _ = choose_threshold(P, Y, False, target=0.9)
     assert t == 0.8 and t >= MIN_CONFIDENCE
+    # the lowest cut at or above even odds must itself keep the target: at ≥0.8, 1 of 2 right
+    assert choose_threshold(P, np.array([[1, 1, 1], [1, 0, 1]]), False, 0.9)[0] == 0.9
     single = np.array([[0.6, 0.3, 0.1], [0.2, 0.35, 0.45]])
     truth = np.array([[1, 0, 0], [0, 0, 1]])
     t, precision, _ = choose_threshold(single, truth, True, target=0.9)
@@ -135,6 +137,9 @@ def test_a_model_routed_to_no_tree_gets_a_card_that_predicts_nothing(built, tmp_
     assert card.data.probex["status"] == "unknown-tree"
     assert card.data.probex["predicted_training_classes"] == []
     assert card.data.probex["tree"] is None
+    for field in ("expert_version", "layer", "confidence_threshold", "expert_accuracy"):
+        assert card.data.probex[field] is None, field  # no expert read it
+    assert [t for t in card.data.tags if t.startswith("probex:tree=")] == []
     assert "match none of the 3 Model Trees" in card.text and "far from every tree" in card.text
     assert "| class |" not in card.text
 

@@ -75,14 +75,12 @@ def choose_threshold(
     # a threshold lists every score at or above it: only the last of a run of ties is a cut
     cuts = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
     precision = tp[cuts] / n[cuts]
-    ok = cuts[precision >= target]
-    if len(ok) == 0:
+    ok = precision >= target
+    if not single_label:
+        ok &= s[cuts] >= MIN_CONFIDENCE  # never claim one of many classes below even odds
+    if not ok.any():
         return None, float(precision.max()), 0.0
-    k = ok[-1]
-    if not single_label and s[k] < MIN_CONFIDENCE:  # never claim a class below even odds
-        k = cuts[s[cuts] >= MIN_CONFIDENCE][-1] if (s[cuts] >= MIN_CONFIDENCE).any() else None
-        if k is None:
-            return None, float(precision.max()), 0.0
+    k = cuts[ok][-1]
     return float(s[k]), float(tp[k] / n[k]), float(tp[k] / Y.sum())
 
 
