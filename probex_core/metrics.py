@@ -84,6 +84,11 @@ def topk_chance(n_pos: np.ndarray, n_cand: int, k: int) -> np.ndarray:
     return np.array([1.0 - math.comb(n_cand - int(p), k) / math.comb(n_cand, k) for p in n_pos])
 
 
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion p measured on n trials (NaN without trials)."""
+    return float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
+
+
 def ranking_auc(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float, int]:
     """Per row, the chance that a true class outscores a false one (ties count half), averaged
     over the rows that have both; returns (mean, its standard error, rows used). Chance 0.5.

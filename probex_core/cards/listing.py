@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from probex_core.catalog import Home, read_table
+from probex_core.metrics import binomial_se
 from probex_core.store import ExpertMeta, TreeExperts
 from probex_core.zeroshot import multi_hot
 
@@ -105,10 +106,9 @@ def tree_listing(meta: ExpertMeta, preds: pd.DataFrame, repos: pd.DataFrame) -> 
     return Listing(threshold, precision, recall, len(val), meta.single_label)
 
 
-def tree_listings(home: Home) -> dict[str, Listing]:
-    """Every tree with an expert: its listing rule."""
-    preds = read_table(home, "predictions_long")
-    repos = read_table(home, "repos").set_index("repo_id")
+def tree_listings(home: Home, preds: pd.DataFrame, repos: pd.DataFrame) -> dict[str, Listing]:
+    """Every tree with an expert: its listing rule, from `predictions_long` and `repos`
+    (indexed by repo id)."""
     out = {}
     for tree_id in sorted(preds.tree_id.unique()):
         experts = TreeExperts(home, tree_id)
@@ -126,8 +126,9 @@ def listing_scores(
     (model, class) pairs that are true) and standard error, recall, and the share of models
     with a class listed."""
     preds = read_table(home, "predictions_long")
+    repos = read_table(home, "repos").set_index("repo_id")
     out = []
-    for tree_id, rule in tree_listings(home).items():
+    for tree_id, rule in tree_listings(home, preds, repos).items():
         mine = preds[preds.tree_id == tree_id]
         classes = sorted(mine.class_name.unique())
         for split in splits:
@@ -141,7 +142,7 @@ def listing_scores(
             row = {"tree": tree_id, "n": len(ids), "split": split, "chance": None}
             out += [
                 {**row, "metric": "listed_precision", "value": p, "chance": float(Y.mean()),
-                 "stderr": float(np.sqrt(p * (1 - p) / k)) if k else None},
+                 "stderr": binomial_se(p, k) if k else None},
                 {**row, "metric": "listed_recall", "value": hits / max(int(Y.sum()), 1)},
                 {**row, "metric": "models_listing_a_class", "value": float(listed.any(1).mean())},
             ]  # fmt: skip

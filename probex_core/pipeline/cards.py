@@ -29,14 +29,10 @@ from probex_core.store import ExpertMeta, TreeExperts
 _DIGEST_LINE = re.compile(r"^  content_digest: (\S+)$", re.MULTILINE)
 
 
-def expert_accuracy(home: Home, meta: ExpertMeta) -> dict | None:
-    """The expert's measured accuracy with its chance: on test models when the evaluations
-    have ground truth, else on its validation models."""
+def expert_accuracy(rows: pd.DataFrame, meta: ExpertMeta) -> dict | None:
+    """The expert's measured accuracy with its chance, from `evaluation_rows`: on test models
+    when the evaluations have ground truth, else on its validation models."""
     metric = "top1" if meta.single_label else "per_class_accuracy"
-    try:
-        rows = read_table(home, "evaluation_rows")
-    except FileNotFoundError:
-        rows = pd.DataFrame(columns=["tree_id", "method", "metric", "split"])
     for split, name in (("test", metric), ("val", f"val_{metric}")):
         hit = rows[(rows.tree_id == meta.tree_id) & (rows.method == "probex")
                    & (rows.metric == name) & (rows.split == split)]  # fmt: skip
@@ -49,6 +45,10 @@ def expert_accuracy(home: Home, meta: ExpertMeta) -> dict | None:
 
 
 def _tree_facts(home: Home, summary: pd.DataFrame, listings: dict[str, Listing]) -> dict:
+    try:
+        scores = read_table(home, "evaluation_rows")
+    except FileNotFoundError:
+        scores = pd.DataFrame(columns=["tree_id", "method", "metric", "split"])
     facts = {}
     for r in summary.itertuples():
         experts = TreeExperts(home, r.tree_id)
@@ -64,19 +64,19 @@ def _tree_facts(home: Home, summary: pd.DataFrame, listings: dict[str, Listing])
             expert_version=digest(experts.meta_path.read_text()) if usable else None,
             no_expert=None if usable else skipped,
             listing=listings.get(r.tree_id) if usable else None,
-            accuracy=expert_accuracy(home, usable) if usable else None,
+            accuracy=expert_accuracy(scores, usable) if usable else None,
         )
     return facts
 
 
-def _models(home: Home, contradicted: bool) -> list[tuple[ModelFacts, str]]:
+def _models(
+    home: Home, preds: pd.DataFrame, repos: pd.DataFrame, contradicted: bool
+) -> list[tuple[ModelFacts, str]]:
     """(facts, tree id) of every model that gets a card: the undocumented members of a tree,
     and with `contradicted` the documented ones whose declared base the weights contradict."""
-    repos = read_table(home, "repos").set_index("repo_id")
     members = read_table(home, "tree_members").set_index("repo_id")
     routes = read_table(home, "routes").set_index("repo_id")
     disagree = read_table(home, "card_disagreements").set_index("repo_id").declared_base
-    preds = read_table(home, "predictions_long")
     probs: dict[str, dict[str, float]] = {}
     for rid, cls, p in zip(preds.repo_id, preds.class_name, preds.probability, strict=True):
         probs.setdefault(rid, {})[cls] = float(p)
@@ -105,13 +105,15 @@ def build_cards(home: Home, contradicted: bool = False, today: str | None = None
     no longer get one; record them in the `model_cards` table."""
     try:
         summary = read_table(home, "tree_summary")
-        models = _models(home, contradicted)
+        preds = read_table(home, "predictions_long")
+        repos = read_table(home, "repos").set_index("repo_id")
+        models = _models(home, preds, repos, contradicted)
     except FileNotFoundError as e:
         raise UserError(
             f"no predictions in {home.root} to write cards from ({e}); run `probex run` first"
         ) from e
     today = today or dt.date.today().isoformat()
-    trees = _tree_facts(home, summary, tree_listings(home))
+    trees = _tree_facts(home, summary, tree_listings(home, preds, repos))
     root = home.cards
     rows, written, kept = [], 0, 0
     for model, tree_id in models:

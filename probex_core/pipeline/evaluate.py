@@ -20,6 +20,7 @@ import torch
 from probex_core.cards import listing_scores
 from probex_core.catalog import Home, read_table, refresh_views, write_table
 from probex_core.metrics import (
+    binomial_se,
     expected_calibration_error,
     mean_average_precision,
     per_class_accuracy,
@@ -334,7 +335,7 @@ def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> 
         Yt = multi_hot([truth.classes(tree.ids[i]) for i in tree.test], classes).numpy()
         top1 = topk_accuracy(s, Yt, 1)
         rows.add(t, "probex-zeroshot", "zero_shot_top1", top1, Yt.sum(1).mean() / len(classes),
-                 len(tree.test), "test", _binomial_se(top1, len(tree.test)))  # fmt: skip
+                 len(tree.test), "test", binomial_se(top1, len(tree.test)))  # fmt: skip
         auc, se, n_auc = ranking_auc(s, Yt)
         if n_auc:
             rows.add(t, "probex-zeroshot", "zero_shot_ranking_auc", auc, 0.5, n_auc, "test", se)
@@ -362,7 +363,7 @@ def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> 
     top1 = topk_accuracy(s, Yh, 1)
     rows.add(t, "probex-zeroshot", "heldout_top1", top1,
              float(topk_chance(n_pos, len(held), 1).mean()), n, "holdout",
-             _binomial_se(top1, n))  # fmt: skip
+             binomial_se(top1, n))  # fmt: skip
     auc, se, n_auc = ranking_auc(s, Yh)
     if n_auc:
         rows.add(t, "probex-zeroshot", "heldout_ranking_auc", auc, 0.5, n_auc, "holdout", se)
@@ -392,7 +393,3 @@ def _card_rows(rows: _Rows, home: Home, truth: _Truth) -> None:
     """The classes generated model cards list, against the truth per tree and split."""
     for r in listing_scores(home, truth.split, truth.classes, ("test", *HOLDOUT)):
         rows.add(method="card", **r)
-
-
-def _binomial_se(p: float, n: int) -> float:
-    return float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
