@@ -1,5 +1,11 @@
-"""`probex run --dask` from the Dagster UI: a job that builds the stale trees on a Dask
-cluster (`dask_run.build_trees_on_dask`), launched with the scheduler's address.
+"""The per-tree partitions on Dask from the Dagster UI.
+
+- `rebuild_tree_on_dask`: the per-tree job (layers, experts) on Dagster's Dask executor
+  (`dask_executor.partitioned_dask_executor`); launch a tree's partition with
+  `execution: {config: {cluster: {existing: {address: tcp://…}}}}`, or without config for
+  a LocalCluster started for the run.
+- `rebuild_stale_trees_on_dask`: `probex run --dask` as a job: every stale tree, launched
+  with the scheduler's address (`dask_run.build_trees_on_dask`).
 
 No `from __future__ import annotations` here: Dagster reads the op's config and resource
 types from its annotations at definition time.
@@ -8,9 +14,21 @@ types from its annotations at definition time.
 import dagster as dg
 from pydantic import Field
 
-from assets.experts import ExpertTraining
+from assets.experts import ExpertTraining, tree_experts
+from assets.layers import tree_layers
+from assets.partitions import TREES
 from assets.resources import HubSourceResource, ProbexHome
+from orchestration.dask_executor import partitioned_dask_executor
 from orchestration.dask_run import LOCAL_WORKERS, build_trees_on_dask
+
+rebuild_tree_on_dask_job = dg.define_asset_job(
+    "rebuild_tree_on_dask",
+    selection=[tree_layers, tree_experts],
+    partitions_def=TREES,
+    executor_def=partitioned_dask_executor,
+    description="Re-extract one tree's layers and retrain its experts, each step a task on a "
+    "Dask cluster (Dagster's dask executor).",
+)
 
 
 class DaskRebuild(dg.Config):

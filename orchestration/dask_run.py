@@ -1,22 +1,20 @@
 """The per-tree partitions on a Dask cluster (`probex run --dask [ADDRESS]`).
 
-Each stale tree is one Dask task: on a worker it materialises that tree's partition (layers,
-then experts) with the same asset code and the same Dagster instance as `probex run` does
-in-process (`runner.build_tree`), so runs, checks and staleness read the same afterwards.
+Each stale tree is one Dagster run of the per-tree job `rebuild_tree_on_dask` (layers, then
+experts, then their checks) on Dagster's Dask executor (`dask_executor`): every step of the
+run is a task on the cluster, running the same asset code against the same Dagster instance
+as `probex run` does in-process, so runs, checks and staleness read the same afterwards. The
+trees' runs go to the cluster together (one orchestrating process each, at most `MAX_RUNS`).
 Without an address, a `distributed.LocalCluster` of worker processes on 127.0.0.1 is started
 for the run. Every worker must reach the home, at the same path (a LocalCluster does; a
 remote cluster through a shared mount) or at its URL (each worker then works in its own
-mirror, `probex_core.storage`), and the hub.
+mirror, `probex_core.storage`), the hub, and the Dagster instance (the home's, on this
+machine for a LocalCluster; `dagster.yaml` with shared storage for a remote cluster).
 
-Dagster's own `dask_executor` (dagster-dask 0.29.27 with dagster 1.13.27) does not run our
-partitioned job: it hands the run to `Client.submit`, dask's task-spec parser walks the
-run's partition subset (a NamedTuple-based `@record`), and `@record` forbids iteration
-("Iteration is not allowed on `@record` KeyRangesPartitionsSubset"; dask 2024.10, 2024.11
-and 2026.8 alike). Hence one task per partition here. A task whose worker dies is run again
-on another by the scheduler (`distributed.scheduler.allowed-failures`, default 3: with 0,
-the killed tree fails the run as `KilledWorker`); a task that raises is retried `RETRIES`
-times. Each partition writes its files atomically, so a half-done one leaves nothing
-visible and the rerun completes it.
+A step whose worker dies is run again on another worker by the scheduler
+(`distributed.scheduler.allowed-failures`, default 3: with 0, the killed tree's run fails
+with `KilledWorker`); a run that fails is run again `RETRIES` times. Each partition writes
+its files atomically, so a half-done one leaves nothing visible and the rerun completes it.
 """
 
 from __future__ import annotations
@@ -32,7 +30,8 @@ from probex_core.catalog import Home
 from probex_core.errors import UserError
 
 LOCAL_WORKERS = 2
-RETRIES = 2  # reruns of a tree whose task raised (a dead worker: allowed-failures)
+RETRIES = 2  # reruns of a tree whose run failed (a dead worker: allowed-failures)
+MAX_RUNS = 8  # trees whose runs are on the cluster at once (one orchestrating process each)
 CONNECT_TIMEOUT = "10s"  # to reach a given scheduler
 
 
@@ -71,16 +70,40 @@ def local_cluster(workers: int = LOCAL_WORKERS):
     )
 
 
-def _build_on_worker(root: str, hub_spec: str, tree: str, training: dict | None) -> str:
-    """Runs on a worker; plain values in and out (Dagster's records are serialised: dask
-    would otherwise try to walk them)."""
-    import torch
+def run_config(home: Home, hub_spec: str, address: str, training: dict | None) -> dict:
+    """The per-tree job's run config: this home and hub, on the scheduler at `address`."""
+    config = {
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},  # the steps' lines only
+        "execution": {"config": {"cluster": {"existing": {"address": address}}}},
+        "resources": {
+            "probex_home": {"config": {"root": home.spec}},
+            "hub": {"config": {"spec": hub_spec}},
+        },
+    }
+    if training is not None:
+        config["ops"] = {"tree_experts": {"config": training}}
+    return config
 
-    from orchestration.runner import build_tree
 
-    torch.set_num_threads(1)  # one task per worker thread: no oversubscribed cores
-    config = ExpertTraining(**training) if training is not None else None
-    return dg.serialize_value(build_tree(Home(root), hub_spec, tree, config))
+def _run_tree(home_spec: str, config: dict, tree: str) -> str:
+    """In its own process: one tree's partition as a Dagster run on the cluster, run again if
+    it fails; its checks, serialised (raises with the failed steps' errors once the retries
+    are spent)."""
+    from orchestration.definitions import dask_job_from_env
+    from orchestration.runner import instance_for
+
+    job = dg.reconstructable(dask_job_from_env)
+    with instance_for(Home(home_spec)) as instance:
+        for _ in range(RETRIES + 1):
+            with dg.execute_job(job, instance, config, tags={"dagster/partition": tree}) as run:
+                if run.success:
+                    return dg.serialize_value(run.get_asset_check_evaluations())
+                errors = [
+                    f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+                    for e in run.get_step_failure_events()
+                    if e.step_failure_data.error is not None
+                ]
+    raise RuntimeError(f"run {run.run_id} failed {RETRIES + 1} times: " + "; ".join(errors))
 
 
 def build_trees_on_dask(
@@ -91,39 +114,37 @@ def build_trees_on_dask(
     address: str,
     names: dict[str, str],
 ) -> list[dg.AssetCheckEvaluation]:
-    """Every tree as one task on the cluster; their checks. A tree that fails is named and
-    the others still finish; then the run stops (the failed tree stays stale)."""
+    """Every tree as one Dagster run on the cluster; their checks. A tree that fails is named
+    and the others still finish; then the run stops (the failed tree stays stale)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     from orchestration.runner import expert_line
 
     t = time.perf_counter()
     settings = training.model_dump() if training is not None else None
     with dask_client(address) as client:
+        scheduler = client.scheduler.address
         workers = len(client.scheduler_info()["workers"])
-        print(f"      on Dask ({client.scheduler.address}): {workers} workers, "
-              f"{len(trees)} trees", flush=True)  # fmt: skip
-        futures = {
-            tree: client.submit(
-                _build_on_worker,
-                home.spec,
-                hub_spec,
-                tree,
-                settings,
-                key=f"probex-tree-{tree}",
-                pure=False,
-                retries=RETRIES,
-            )
-            for tree in trees
-        }
+        print(f"      on Dask ({scheduler}): {workers} workers, {len(trees)} trees, "
+              "Dagster's dask executor", flush=True)  # fmt: skip
+        config = run_config(home, hub_spec, scheduler, settings)
         checks, failed = [], []
-        for tree, future in futures.items():
-            name = names.get(tree, tree)
-            try:
-                checks += dg.deserialize_value(future.result(), list)
-            except Exception as e:  # named below; the other trees' results are kept
-                failed.append(f"{name} ({tree}): {type(e).__name__}: {e}")
-                continue
-            print(f"      {name}: {expert_line(home, tree)}", flush=True)
+        # a process per run: Dagster configures Python logging per run, which is not safe
+        # across threads; spawned, so each sees this process's environment as it is now
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(MAX_RUNS, len(trees)), mp_context=spawn) as pool:
+            runs = {pool.submit(_run_tree, home.spec, config, tree): tree for tree in trees}
+            for run in as_completed(runs):
+                tree = runs[run]
+                name = names.get(tree, tree)
+                try:
+                    checks += dg.deserialize_value(run.result(), list)
+                except Exception as e:  # named below; the other trees' results are kept
+                    failed.append(f"{name} ({tree}): {type(e).__name__}: {e}")
+                    continue
+                print(f"      {name}: {expert_line(home, tree)}", flush=True)
     print(f"      {len(trees)} trees in {time.perf_counter() - t:.1f}s on Dask", flush=True)
     if failed:
-        raise RuntimeError("trees failed on Dask: " + "; ".join(failed))
+        raise RuntimeError("trees failed on Dask: " + "; ".join(sorted(failed)))
     return checks

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import fsspec
 import numpy as np
 import pytest
@@ -61,14 +62,15 @@ def test_dask_workers_on_an_s3_home_answer_as_a_single_machine_though_one_died(
     bucket. Two LocalCluster worker processes rebuild every tree, each opening the home from
     its URL and writing through; the worker training the first expert is killed (SIGKILL)
     mid-partition, and the scheduler runs that tree again on the other worker (the nanny
-    restarts the dead one). Then the catalog holds the same experts and the same predictions
+    restarts the dead one). Each tree is one run of `rebuild_tree_on_dask` on Dagster's Dask
+    executor, each step a task on the cluster. Then the catalog holds the same experts and the same predictions
     as the single-machine run that built the original (measured: probabilities within 6e-7,
     every rank equal), no part the dead worker half-wrote is read, and a second machine with
     an empty cache reads the same catalog from the bucket, nothing stale."""
     from distributed import Client
 
     from orchestration.dask_run import local_cluster
-    from orchestration.runner import run_all
+    from orchestration.runner import instance_for, run_all
 
     src, _ = built
     local = copy_without_trees(src, tmp_path / "copy")
@@ -100,6 +102,10 @@ def test_dask_workers_on_an_s3_home_answer_as_a_single_machine_though_one_died(
     assert killed, "no worker was killed while it trained an expert"
     assert sorted(result["built"]) == stale and all(result["checks"].values())
     assert pipeline.stale_trees(home).stale == []
+    # each tree was one run of the per-tree job on Dagster's Dask executor, and succeeded
+    runs = instance_for(home).get_runs(dg.RunsFilter(job_name="rebuild_tree_on_dask"))
+    assert sorted(r.tags["dagster/partition"] for r in runs) == stale
+    assert all(r.is_success for r in runs)
     for tree in stale:
         assert pipeline.verify_layers(home, tree) == [], tree
     refresh_views(home)  # every Parquet part the catalog reads opens whole
@@ -145,13 +151,19 @@ def test_an_unreachable_scheduler_is_one_clear_error(monkeypatch) -> None:
 
 
 def _kill_a_worker_training(client, home, killed: list[str], done: threading.Event) -> None:
-    """Wait until a worker is training a tree's experts (its expert folder exists, its meta
-    not yet), then SIGKILL that worker's process; append the tree to `killed`."""
+    """Wait until a worker is training a tree's experts (the run's `tree_experts` step is its
+    task, the tree's expert folder exists, its meta not yet), then SIGKILL that worker's
+    process; append the tree to `killed`."""
+    import re
+
     pids = client.run(os.getpid)  # worker address → its process
     while not done.is_set():
         for address, keys in client.processing().items():
             for key in keys:
-                tree = str(key).removeprefix("probex-tree-")
+                step = re.fullmatch(r"rebuild_tree_on_dask\.tree_experts\[(.+)\]\.[-0-9a-f]+", key)
+                if step is None:
+                    continue
+                tree = step.group(1)
                 experts = home.expert_dir(tree)
                 if experts.is_dir() and not (experts / "meta.json").exists():
                     os.kill(pids[address], signal.SIGKILL)
@@ -201,3 +213,64 @@ def home_trained(home, tree: str) -> bool:
     import json
 
     return not json.loads((home.expert_dir(tree) / "meta.json").read_text()).get("skipped")
+
+
+def upstream_dask_job() -> dg.JobDefinition:
+    """The per-tree job on dagster-dask's own, unmodified `dask_executor` (a reconstructable
+    target, for the test below)."""
+    from dagster_dask import dask_executor
+
+    from assets.experts import tree_experts
+    from assets.layers import tree_layers
+    from assets.partitions import TREES
+    from assets.resources import make_resources
+    from orchestration.definitions import ASSET_MODULES
+
+    job = dg.define_asset_job(
+        "upstream_dask", selection=[tree_layers, tree_experts], partitions_def=TREES,
+        executor_def=dask_executor,
+    )  # fmt: skip
+    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    return dg.Definitions(assets=assets, jobs=[job], resources=make_resources()).resolve_job_def(
+        "upstream_dask"
+    )
+
+
+def test_a_tree_partition_launched_with_dagster_dask_config_runs_on_a_local_cluster(
+    built, tmp_path
+) -> None:
+    """What a UI user launches: one tree's partition of `rebuild_tree_on_dask` with
+    dagster-dask's own executor config (`cluster: local`: a LocalCluster for the run). The run
+    succeeds and the tree is fresh. The same partition on dagster-dask's unmodified
+    `dask_executor` fails as `orchestration.dask_executor` says; when it stops failing, that
+    module's workaround can go."""
+    import shutil
+
+    from orchestration.dask_run import run_config
+    from orchestration.definitions import dask_job_from_env
+    from orchestration.runner import instance_for
+    from tests.test_pipeline import copy_home
+
+    src, _ = built
+    home = copy_home(src, tmp_path / "home")
+    tree = next(t for t in pipeline.stale_trees(home).wanted if not home_trained(home, t))
+    shutil.rmtree(home.expert_dir(tree))
+    config = run_config(home, str(built_hub(src)), "unused", None)
+    local = {"n_workers": 1, "dashboard_address": ":0"}  # LocalCluster's own arguments
+    config["execution"] = {"config": {"cluster": {"local": local}}}
+    partition = {"dagster/partition": tree}
+    with instance_for(home) as instance:
+        upstream = dg.reconstructable(upstream_dask_job)
+        with dg.execute_job(upstream, instance, config, tags=partition) as result:
+            assert not result.success
+            (failure,) = [e.event_specific_data for e in result.all_events if e.is_run_failure]
+            assert "Iteration is not allowed on `@record`" in failure.error.message
+        assert pipeline.stale_trees(home).stale == [tree]
+        ours = dg.reconstructable(dask_job_from_env)
+        with dg.execute_job(ours, instance, config, tags=partition) as result:
+            assert result.success
+            assert {c.check_name for c in result.get_asset_check_evaluations()} >= {
+                "tree_layers_complete",
+                "tree_experts_gate",
+            }
+    assert pipeline.stale_trees(home).stale == []
