@@ -69,7 +69,7 @@ def build_tree(
     home: Home, hub_spec: str, tree: str, training: ExpertTraining | None = None
 ) -> list[dg.AssetCheckEvaluation]:
     """One tree's partition (its layers, then its experts) materialised in this process; its
-    asset checks. What `run_all` does per tree, and what a Dask worker runs (`dask_run`)."""
+    asset checks. What `run_all` does per tree in-process (`--dask`: `dask_run`)."""
     result = dg.materialize(
         _graph(),
         instance=instance_for(home),
