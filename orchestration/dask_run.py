@@ -98,12 +98,19 @@ def _run_tree(home_spec: str, config: dict, tree: str) -> str:
             with dg.execute_job(job, instance, config, tags={"dagster/partition": tree}) as run:
                 if run.success:
                     return dg.serialize_value(run.get_asset_check_evaluations())
-                errors = [
-                    f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
-                    for e in run.get_step_failure_events()
-                    if e.step_failure_data.error is not None
-                ]
+                errors = _errors(run)
     raise RuntimeError(f"run {run.run_id} failed {RETRIES + 1} times: " + "; ".join(errors))
+
+
+def _errors(run: dg.ExecuteJobResult) -> list[str]:
+    """What made a run fail: its failed steps' errors, else the run's own."""
+    steps = [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+        for e in run.get_step_failure_events()
+        if e.step_failure_data.error is not None
+    ]
+    failures = [e.event_specific_data for e in run.all_events if e.is_run_failure]
+    return steps or [f.error.message.strip() for f in failures if f and f.error is not None]
 
 
 def build_trees_on_dask(
@@ -119,10 +126,13 @@ def build_trees_on_dask(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from orchestration.runner import expert_line
+    from assets.partitions import register_trees
+    from orchestration.runner import expert_line, instance_for
 
     t = time.perf_counter()
     settings = training.model_dump() if training is not None else None
+    with instance_for(home) as instance:  # its storage made once, before the runs open it
+        register_trees(instance, trees)
     with dask_client(address) as client:
         scheduler = client.scheduler.address
         workers = len(client.scheduler_info()["workers"])
