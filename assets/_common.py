@@ -57,6 +57,13 @@ def report_metadata(report) -> dict:
     return meta
 
 
+def materialize_result(report) -> dg.MaterializeResult:
+    """A core StepReport → what its asset returns: the UI's metadata and the data version."""
+    return dg.MaterializeResult(
+        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
+    )
+
+
 def check_result(report: QualityReport, extra: dict | None = None) -> dg.AssetCheckResult:
     meta = {"rows": report.n_rows, "expectations": report.evaluated, "summary": report.summary()}
     meta.update(extra or {})

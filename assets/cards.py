@@ -4,7 +4,7 @@ import dagster as dg
 import great_expectations.expectations as gxe
 from pydantic import Field
 
-from assets._common import check_result, report_metadata
+from assets._common import check_result, materialize_result
 from assets.evaluation import evaluations
 from assets.resources import ProbexHome
 from probex_core import pipeline
@@ -32,9 +32,7 @@ class CardOptions(dg.Config):
 )
 def model_cards(config: CardOptions, probex_home: ProbexHome) -> dg.MaterializeResult:
     report = build_cards(probex_home.get(), contradicted=config.contradicted)
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(

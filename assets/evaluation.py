@@ -3,7 +3,7 @@
 import dagster as dg
 import great_expectations.expectations as gxe
 
-from assets._common import check_result, report_metadata
+from assets._common import check_result, materialize_result, report_metadata
 from assets.experts import tree_experts
 from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
@@ -20,9 +20,7 @@ from probex_core.quality import validate
 )
 def model_predictions(probex_home: ProbexHome) -> dg.MaterializeResult:
     report = pipeline.predict(probex_home.get())
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(

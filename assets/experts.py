@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from assets._common import progress, report_metadata
+from assets._common import materialize_result, progress
 from assets.layers import tree_layers
 from assets.partitions import TREES
 from assets.resources import ProbexHome
@@ -64,9 +64,7 @@ def tree_experts(
     report = pipeline.train_experts(
         probex_home.get(), context.partition_key, config.settings(), progress=progress(context)
     )
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(

@@ -3,7 +3,7 @@
 import dagster as dg
 import great_expectations.expectations as gxe
 
-from assets._common import check_result, progress, report_metadata
+from assets._common import check_result, materialize_result, progress
 from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
@@ -24,9 +24,7 @@ def hub_repos(
     context.log.info(
         f"crawled {report.summary['repos']} repos, rejected {report.summary['rejected']}"
     )
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(

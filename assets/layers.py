@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets._common import progress, report_metadata
+from assets._common import materialize_result, progress
 from assets.partitions import TREES
 from assets.resources import HubSourceResource, ProbexHome
 from assets.trees import model_trees
@@ -23,9 +23,7 @@ def tree_layers(
     report = pipeline.extract_layers(
         probex_home.get(), hub.source(), context.partition_key, progress=progress(context)
     )
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(

@@ -3,7 +3,7 @@
 import dagster as dg
 import great_expectations.expectations as gxe
 
-from assets._common import progress, report_metadata
+from assets._common import materialize_result, progress
 from assets.hub import hub_repos
 from assets.partitions import register_trees
 from assets.resources import HubSourceResource, ProbexHome
@@ -29,9 +29,7 @@ def model_trees(
     new = register_trees(context.instance, report.summary["tree_ids"])
     if new:
         context.log.info(f"added tree partitions: {new}")
-    return dg.MaterializeResult(
-        metadata=report_metadata(report), data_version=dg.DataVersion(report.data_version)
-    )
+    return materialize_result(report)
 
 
 @dg.asset_check(
