@@ -1,7 +1,6 @@
 """The documentation a hub lacks: a generated model card for every undocumented model."""
 
 import dagster as dg
-import great_expectations.expectations as gxe
 from pydantic import Field
 
 from assets._common import check_result, materialize_result
@@ -10,7 +9,7 @@ from assets.resources import ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
 from probex_core.pipeline.cards import build_cards
-from probex_core.quality import validate
+from probex_core.quality import gxe, validate
 
 
 class CardOptions(dg.Config):

@@ -1,14 +1,13 @@
 """Every model routed to its tree's expert; scores against ground truth when it exists."""
 
 import dagster as dg
-import great_expectations.expectations as gxe
 
 from assets._common import check_result, materialize_result, report_metadata
 from assets.experts import tree_experts
 from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
-from probex_core.quality import validate
+from probex_core.quality import gxe, validate
 
 
 @dg.asset(

@@ -1,13 +1,12 @@
 """The crawl: every repo of the hub, its card and tensor index; bad repos kept with a reason."""
 
 import dagster as dg
-import great_expectations.expectations as gxe
 
 from assets._common import check_result, materialize_result, progress
 from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
-from probex_core.quality import validate
+from probex_core.quality import gxe, validate
 
 
 @dg.asset(

@@ -1,10 +1,18 @@
 """One dynamic partition per recovered Model Tree, and the one place that registers them."""
 
+import warnings
 from collections.abc import Iterable
 
 import dagster as dg
 
 TREES = dg.DynamicPartitionsDefinition(name="trees")
+
+# The per-tree checks are partitioned like their assets, so a tree's run checks that tree
+# only. Dagster marks partitioned checks a preview; they are relied on knowingly (tests pin
+# their behaviour), so the warning is not repeated at every import of the assets.
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
 
 
 def unregistered(instance: dg.DagsterInstance, tree_ids: Iterable[str]) -> list[str]:

@@ -1,7 +1,6 @@
 """Model Trees recovered from weights; declared base models are hints that get checked."""
 
 import dagster as dg
-import great_expectations.expectations as gxe
 
 from assets._common import materialize_result, progress
 from assets.hub import hub_repos
@@ -9,7 +8,7 @@ from assets.partitions import register_trees
 from assets.resources import HubSourceResource, ProbexHome
 from probex_core import pipeline
 from probex_core.catalog import read_table
-from probex_core.quality import validate
+from probex_core.quality import gxe, validate
 from probex_core.trees import ABSENT
 
 

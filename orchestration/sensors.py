@@ -26,7 +26,14 @@ FORKSERVER_EXECUTION = {
     "execution": {
         "config": {
             "multiprocess": {
-                "start_method": {"forkserver": {"preload_modules": ["orchestration.definitions"]}}
+                "start_method": {
+                    "forkserver": {
+                        "preload_modules": [
+                            "orchestration.definitions",
+                            "great_expectations.expectations",
+                        ]
+                    }
+                }
             }
         }
     }

@@ -17,6 +17,20 @@ import pandas as pd
 _counter = itertools.count()
 
 
+class _Expectations:
+    """`great_expectations.expectations`, imported when a check first builds an expectation:
+    the import takes 2–3 s, which a process that only orchestrates runs (a run's parent, a
+    Dask run's orchestrator, the CLI) never needs."""
+
+    def __getattr__(self, name: str):
+        import great_expectations.expectations as expectations
+
+        return getattr(expectations, name)
+
+
+gxe = _Expectations()
+
+
 @dataclass(frozen=True)
 class QualityReport:
     """The outcome of one suite on one frame."""
