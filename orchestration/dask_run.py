@@ -85,13 +85,14 @@ def run_config(home: Home, hub_spec: str, address: str, training: dict | None) -
     return config
 
 
-def _run_tree(home_spec: str, config: dict, tree: str) -> str:
+def _run_tree(caller: dict, home_spec: str, config: dict, tree: str) -> str:
     """In its own process: one tree's partition as a Dagster run on the cluster, run again if
     it fails; its checks, serialised (raises with the failed steps' errors once the retries
     are spent)."""
     from orchestration.definitions import dask_job_from_env
     from orchestration.runner import instance_for
 
+    _adopt(caller)
     job = dg.reconstructable(dask_job_from_env)
     with instance_for(Home(home_spec)) as instance:
         for _ in range(RETRIES + 1):
@@ -100,6 +101,30 @@ def _run_tree(home_spec: str, config: dict, tree: str) -> str:
                     return dg.serialize_value(run.get_asset_check_evaluations())
                 errors = _errors(run)
     raise RuntimeError(f"run {run.run_id} failed {RETRIES + 1} times: " + "; ".join(errors))
+
+
+def _caller() -> dict:
+    """What a run's process takes from this one as it is now (`_adopt`)."""
+    import os
+
+    import fsspec
+
+    return {"environ": dict(os.environ), "cwd": os.getcwd(), "fsspec": dict(fsspec.config.conf)}
+
+
+def _adopt(caller: dict) -> None:
+    """Make this process's environment, working directory and fsspec settings the caller's:
+    the runs' processes fork from a server that imported the assets once, when it started,
+    with the environment of that time (PROBEX_CACHE, an S3 endpoint may have changed since)."""
+    import os
+
+    import fsspec
+
+    os.environ.clear()
+    os.environ.update(caller["environ"])
+    os.chdir(caller["cwd"])
+    fsspec.config.conf.clear()
+    fsspec.config.conf.update(caller["fsspec"])
 
 
 def _errors(run: dg.ExecuteJobResult) -> list[str]:
@@ -141,10 +166,13 @@ def build_trees_on_dask(
         config = run_config(home, hub_spec, scheduler, settings)
         checks, failed = [], []
         # a process per run: Dagster configures Python logging per run, which is not safe
-        # across threads; spawned, so each sees this process's environment as it is now
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(MAX_RUNS, len(trees)), mp_context=spawn) as pool:
-            runs = {pool.submit(_run_tree, home.spec, config, tree): tree for tree in trees}
+        # across threads. Forked from a server that imports the assets once (4-5 s of CPU
+        # each process would spend importing them), then given this process's environment
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["orchestration.definitions"])
+        caller = _caller()
+        with ProcessPoolExecutor(min(MAX_RUNS, len(trees)), mp_context=context) as pool:
+            runs = {pool.submit(_run_tree, caller, home.spec, config, t): t for t in trees}
             for run in as_completed(runs):
                 tree = runs[run]
                 name = names.get(tree, tree)

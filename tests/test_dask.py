@@ -274,3 +274,36 @@ def test_a_tree_partition_launched_with_dagster_dask_config_runs_on_a_local_clus
                 "tree_experts_gate",
             }
     assert pipeline.stale_trees(home).stale == []
+
+
+def _what_a_run_process_sees(caller: dict) -> tuple:
+    """In a forked run process: adopt the caller's state as `_run_tree` does; what it sees."""
+    from orchestration.dask_run import _adopt
+
+    _adopt(caller)
+    return os.environ.get("PROBEX_CACHE"), os.getcwd(), fsspec.config.conf.get("s3")
+
+
+def test_a_run_process_sees_the_callers_environment_not_the_one_its_server_started_with(
+    tmp_path, monkeypatch
+) -> None:
+    """The trees' run processes fork from a server that started (and imported the assets) at
+    the first Dask rebuild of this process. A later rebuild's runs must see the environment,
+    working directory and fsspec settings of their call (another PROBEX_CACHE, another S3
+    endpoint), or they would read and write another machine's mirror."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from orchestration.dask_run import _caller
+
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:  # the server runs from here on
+        assert pool.submit(os.getpid).result() != os.getpid()
+    later = tmp_path / "later"
+    later.mkdir()
+    monkeypatch.setenv("PROBEX_CACHE", str(later / "cache"))
+    monkeypatch.chdir(later)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": "http://127.0.0.1:9"})
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        seen = pool.submit(_what_a_run_process_sees, _caller()).result()
+    assert seen == (str(later / "cache"), str(later), {"endpoint_url": "http://127.0.0.1:9"})
