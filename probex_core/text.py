@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +30,7 @@ from probex_core.files import atomic_path
 
 DEFAULT_TEMPLATE = "a photo of a {name}"  # the paper's prompt (SCIENCE.md §1)
 DEFAULT_SPEC = "minilm"
+MINILM_SPECS = ("", "minilm", "minilm:all-MiniLM-L6-v2")
 
 
 @runtime_checkable
@@ -199,7 +200,7 @@ def get_text_encoder(spec: str = DEFAULT_SPEC, *, allow_random: bool = False) ->
     colon is WEIGHTS, so paths may contain colons.
     """
     spec = spec.strip()
-    if spec in ("", "minilm", "minilm:all-MiniLM-L6-v2"):
+    if spec in MINILM_SPECS:
         return MiniLMEncoder()
     if spec.startswith("open_clip:"):
         model_name, sep, weights = spec[len("open_clip:") :].partition(":")
@@ -303,6 +304,33 @@ class EmbeddingCache:
                 rows[names[i]] = base + j
             old = self._vecs.get(name, v[:0])
             self._vecs[name] = torch.cat([old, v[new]])
+
+
+def encoder_identity(spec: str) -> tuple[str, int] | None:
+    """(name, width) of the encoder `spec` builds, when known without building it (MiniLM's)."""
+    return (MiniLMEncoder.name, MiniLMEncoder.dim) if spec.strip() in MINILM_SPECS else None
+
+
+class DeferredEncoder:
+    """A `TextEncoder` of known name and width, built by `load` at its first `encode`: behind
+    an `EmbeddingCache`, an encoder is loaded only when a text is missing from the cache
+    (loading MiniLM takes seconds, which a step whose texts were all encoded never needs)."""
+
+    def __init__(self, name: str, dim: int, load: Callable[[], TextEncoder]) -> None:
+        self.name, self.dim = name, dim
+        self._load = load
+        self._encoder: TextEncoder | None = None
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        if self._encoder is None:
+            encoder = self._load()
+            if (encoder.name, encoder.dim) != (self.name, self.dim):
+                raise ValueError(
+                    f"loaded {encoder.name} (width {encoder.dim}), expected {self.name} "
+                    f"(width {self.dim})"
+                )
+            self._encoder = encoder
+        return self._encoder.encode(texts)
 
 
 class CachedTextEncoder:

@@ -94,6 +94,31 @@ def test_cached_encoder_wraps(tmp_path, minilm):
     assert torch.allclose(cached.encode(["purple star"]), minilm.encode(["purple star"]), atol=1e-6)
 
 
+def test_a_home_whose_texts_are_all_cached_never_loads_the_encoder(tmp_path, monkeypatch, minilm):
+    """Loading MiniLM takes seconds: a step (a rebuild's experts, predict on a built home)
+    whose texts were all encoded before must not pay it; a new text loads it, once."""
+    from probex_core.catalog import Home
+    from probex_core.pipeline import labels
+
+    loads: list[str] = []
+    monkeypatch.setattr(labels, "_loaded_encoder", lambda spec: loads.append(spec) or minilm)
+    home = Home(tmp_path / "home")
+    first = labels.text_encoder(home, "minilm").encode(["a red star", "a blue ring"])
+    assert loads == ["minilm"]
+    again = labels.text_encoder(home, "minilm")  # another step: a fresh cache object
+    assert torch.equal(again.encode(["a blue ring"]), first[1:]) and loads == ["minilm"]
+    assert torch.allclose(again.encode(["a green star"]), minilm.encode(["a green star"]))
+    assert loads == ["minilm", "minilm"]
+
+
+def test_a_deferred_encoder_that_loads_another_encoder_is_refused() -> None:
+    from probex_core.text import DeferredEncoder
+
+    deferred = DeferredEncoder("minilm:all-MiniLM-L6-v2", 384, CountingEncoder)
+    with pytest.raises(ValueError, match=r"loaded counting:v1 \(width 8\), expected minilm"):
+        deferred.encode(["x"])
+
+
 @pytest.mark.parametrize(
     "spec",
     ["clip", "open_clip", "open_clip:ViT-B-32", "open_clip:ViT-B-32:", "open_clip::random"],

@@ -12,13 +12,25 @@ import torch
 from probex_core.catalog import Home, read_table
 from probex_core.digest import digest
 from probex_core.metrics import per_class_accuracy
-from probex_core.text import CachedTextEncoder, EmbeddingCache, get_text_encoder
+from probex_core.text import (
+    CachedTextEncoder,
+    DeferredEncoder,
+    EmbeddingCache,
+    encoder_identity,
+    get_text_encoder,
+)
 from probex_core.zeroshot import multi_hot
 
 
 def text_encoder(home: Home, spec: str):
-    """The configured encoder behind an on-disk cache: a text is encoded once per encoder."""
-    return CachedTextEncoder(_loaded_encoder(spec), EmbeddingCache(home.artifacts / "text_cache"))
+    """The configured encoder behind an on-disk cache: a text is encoded once per encoder, and
+    the encoder is loaded only if a text is not in the cache yet (when its name and width are
+    known without loading it: MiniLM's)."""
+    known = encoder_identity(spec)
+    inner = (
+        DeferredEncoder(*known, lambda: _loaded_encoder(spec)) if known else _loaded_encoder(spec)
+    )
+    return CachedTextEncoder(inner, EmbeddingCache(home.artifacts / "text_cache"))
 
 
 @functools.lru_cache(maxsize=4)
