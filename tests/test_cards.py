@@ -303,3 +303,17 @@ def test_probex_cards_user_errors_are_one_line(built, tmp_path, monkeypatch, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("probex: error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize("content", ["0203307707111430", "9f3a0c21b4d5e6f7"])
+def test_a_cards_digest_reads_back_however_yaml_writes_it(tmp_path, content):
+    """A digest of decimal digits only is written quoted in the card's YAML front matter; read back without its quotes, or that card is rewritten on every run
+    (seen: one card of 36 whose digest was 0203307707111430)."""
+    from huggingface_hub import ModelCardData
+
+    from probex_core.pipeline.cards import _existing_digest
+
+    card = tmp_path / "README.md"
+    data = ModelCardData(tags=["probex-generated"], probex={"content_digest": content})
+    card.write_text(f"---\n{data.to_yaml()}\n---\n\nbody\n")
+    assert _existing_digest(card) == content

@@ -26,7 +26,8 @@ from probex_core.pipeline.common import StepReport
 from probex_core.schemas import frame
 from probex_core.store import ExpertMeta, TreeExperts
 
-_DIGEST_LINE = re.compile(r"^  content_digest: (\S+)$", re.MULTILINE)
+# YAML quotes a digest of decimal digits only: read it back without the quotes
+_DIGEST_LINE = re.compile(r"^  content_digest: '?([0-9a-f]+)'?$", re.MULTILINE)
 
 
 def expert_accuracy(rows: pd.DataFrame, meta: ExpertMeta) -> dict | None:
