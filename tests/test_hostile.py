@@ -218,15 +218,19 @@ def test_the_corpus_is_large_and_each_crawl_fault_is_named(hostile, size_limit) 
 
 
 def test_a_run_through_the_corpus_loses_no_good_model(hostile, built, size_limit, tmp_path):
-    """The whole graph on zoo + corpus: every bad repo in rejected_repos with its stage, file
-    and reason, every check passing, and every good repo's predictions identical to the run
-    without the corpus (`built`)."""
+    """The hub the shared home was built from gains the corpus; the whole graph is run again:
+    every bad repo in rejected_repos with its stage, file and reason, every check passing, no
+    tree made stale by its hostile neighbours (so no expert retrained), and every good repo's
+    predictions identical to the run without the corpus (`built`)."""
     from orchestration.runner import run_all
+    from tests.test_pipeline import copy_home
 
     hub, outside, expect = hostile
-    home = Home(tmp_path / "home")
+    clean, _ = built
+    home = copy_home(clean, tmp_path / "home")
     result = run_all(home, str(hub), training=ExpertTraining(**FAST))
     assert all(result["checks"].values()), result["checks"]
+    assert result["built"] == [] and result["fresh"] == 3, result  # the tiny zoo's 3 trees
     rej = query(home, "SELECT repo_id, path, reason, stage FROM rejected_repos")
     got = {r.repo_id: r for r in rej.itertuples()}
     assert set(got) == set(expect)
@@ -235,7 +239,6 @@ def test_a_run_through_the_corpus_loses_no_good_model(hostile, built, size_limit
         assert (r.stage, r.path, e.fragment in r.reason) == (e.stage, e.path, True), (repo_id, r)
     assert not (outside / "PWNED").exists()
 
-    clean, _ = built
     sql = "SELECT repo_id, tree_id, class_name, probability, rank FROM predictions ORDER BY ALL"
     before, after = query(clean, sql), query(home, sql)
     assert len(before) > 0
