@@ -264,3 +264,22 @@ def test_tiny_zoo_edges_and_roots_are_recovered(zoo_recovery, tiny_zoo):
     assert multi and all(scores.per_tree[t].edge_accuracy >= 0.95 for t in multi)
     assert scores.edge_accuracy >= 0.95
     assert scores.root_accuracy == 1.0
+
+
+def test_an_adapters_svd_is_done_once_and_again_after_an_in_place_change(monkeypatch):
+    """Recovery, the router's calibration and routing each align an adapter's ΔW with bases;
+    its SVD is done once per tensor, and again if the tensor was changed in place."""
+    from probex_core.trees import adapter_alignment
+
+    svd, calls = torch.linalg.svd, []
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(12, 3, generator=g) @ torch.randn(3, 10, generator=g)
+    other = torch.randn(12, 2, generator=g) @ torch.randn(2, 10, generator=g)
+    bases = torch.randn(4, 12, 10, generator=g)
+    first = adapter_alignment(delta, bases)
+    assert np.allclose(adapter_alignment(delta, bases[1:]), first[1:]) and len(calls) == 1
+    expected = adapter_alignment(other.clone(), bases)
+    delta.copy_(other)
+    assert np.allclose(adapter_alignment(delta, bases), expected) and len(calls) == 3
+    assert not np.allclose(expected, first)

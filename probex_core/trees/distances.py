@@ -12,6 +12,7 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from threadpoolctl import threadpool_limits
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from probex_core.trees.core import TreeConfig, WeightRecord
 
@@ -203,12 +204,34 @@ def adapter_alignment(delta: torch.Tensor, bases: torch.Tensor, max_rank: int = 
     was trained on (LoRA, Hu et al. 2021, §7: ΔW amplifies directions present in W).
     delta: (d_out, d_in); bases: (m, d_out, d_in) → (m,).
     """
-    u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
-    if s.numel() == 0 or float(s[0]) <= 0:
+    subspace = _top_subspaces(delta, max_rank)
+    if subspace is None:
         return np.zeros(bases.shape[0])
-    r = int(min(max_rank, int((s > s[0] * 1e-6).sum())))
-    ur, vr = u[:, :r], vh[:r].T
+    ur, vr = subspace
+    r = ur.shape[1]
     w = bases.to(torch.float64)
     proj = torch.einsum("hr,mhw,ws->mrs", ur, w, vr)
     rms = w.pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-30)
     return (torch.linalg.matrix_norm(proj) / (r * rms)).numpy()
+
+
+# ΔW → ((its version, max_rank), its top singular subspaces): an adapter's ΔW is aligned with
+# its candidate bases in recovery, again when the router is calibrated, and again when the
+# adapter is routed; the SVD (nearly all of the cost) is done once. Weak keys: an entry goes
+# with its tensor; the version: a tensor changed in place is decomposed again.
+_SUBSPACES = WeakTensorKeyDictionary()
+
+
+def _top_subspaces(delta: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(U_r, V_r) of ΔW in float64, r its numerical rank capped at `max_rank`; None for 0."""
+    key = (delta._version, max_rank)
+    hit = _SUBSPACES.get(delta)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    subspace = None
+    if s.numel() and float(s[0]) > 0:
+        r = int(min(max_rank, int((s > s[0] * 1e-6).sum())))
+        subspace = (u[:, :r], vh[:r].T)
+    _SUBSPACES[delta] = (key, subspace)
+    return subspace
