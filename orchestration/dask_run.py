@@ -20,6 +20,7 @@ its files atomically, so a half-done one leaves nothing visible and the rerun co
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
@@ -105,8 +106,6 @@ def _run_tree(caller: dict, home_spec: str, config: dict, tree: str) -> str:
 
 def _caller() -> dict:
     """What a run's process takes from this one as it is now (`_adopt`)."""
-    import os
-
     import fsspec
 
     return {"environ": dict(os.environ), "cwd": os.getcwd(), "fsspec": dict(fsspec.config.conf)}
@@ -116,8 +115,6 @@ def _adopt(caller: dict) -> None:
     """Make this process's environment, working directory and fsspec settings the caller's:
     the runs' processes fork from a server that imported the assets once, when it started,
     with the environment of that time (PROBEX_CACHE, an S3 endpoint may have changed since)."""
-    import os
-
     import fsspec
 
     os.environ.clear()
