@@ -9,18 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from assets.experts import ExpertTraining
 from probex_core.catalog import Home
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # the suite runs on pytest-xdist workers, one per core (pyproject's addopts): one torch
-    # thread per worker, and for the runs they start, so the workers do not oversubscribe the
-    # cores (OpenMP spin-waits on shared cores made small matmuls many times slower)
-    import torch
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+# One torch thread in every test process and the runs it starts, with or without xdist:
+# - on pytest-xdist's workers (one per core, pyproject's addopts) so they do not oversubscribe
+#   the cores (OpenMP spin-waits on shared cores made small matmuls many times slower);
+# - and with `-n 0` too, because tests compare what this process built with what a one-thread
+#   Dask worker or run process rebuilds: equal bit for bit at equal thread counts, while two
+#   threads against one moved the tiny LoRA tree's probabilities by up to 4e-4 (measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
