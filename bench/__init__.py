@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "trees": "bench.trees",
     "search": "bench.search",
     "zoo-signal": "bench.zoo_signal",
+    "lora-signal": "bench.lora_signal",
     "modelj": "bench.modelj",
     "scale": "bench.scale",
 }

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import safe_open
@@ -30,6 +32,8 @@ from probex_core.train import TensorData, predict_proba
 from probex_core.zoo import generate_zoo
 from probex_core.zoo.archs import MLP
 from probex_core.zoo.presets import Splits, TreeSpec, ZooPreset
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,19 @@ def _preset(name: str, recipe: Recipe, quick: bool) -> ZooPreset:
     )
 
 
+def grow(
+    preset: ZooPreset, read: Callable[[Path, dict], T], seed: int = 0
+) -> tuple[dict, float, T]:
+    """Generate a bench zoo in a temporary directory: its summary, the seconds that took, and
+    what `read(directory, manifest)` takes from it before the directory goes."""
+    with tempfile.TemporaryDirectory(prefix=f"probex-{preset.name}-") as tmp:
+        t0 = time.perf_counter()
+        summary = generate_zoo(preset, Path(tmp), seed=seed, progress=False)
+        seconds = time.perf_counter() - t0
+        manifest = json.loads((Path(tmp) / "manifest.json").read_text())
+        return summary, seconds, read(Path(tmp), manifest)
+
+
 def _layers(out: Path, manifest: dict) -> tuple[dict[str, dict[str, torch.Tensor]], list[dict]]:
     """Per split, each layer's transformed stack; and the fine-tune rows in stack order."""
     models = manifest["models"]
@@ -160,12 +177,7 @@ def run(quick: bool = False, recipes: list[str] | None = None) -> dict:
     results = {}
     for name in names:
         recipe = RECIPES[name]
-        with tempfile.TemporaryDirectory(prefix="probex-zoo-signal-") as tmp:
-            t0 = time.perf_counter()
-            summary = generate_zoo(_preset(name, recipe, quick), Path(tmp), seed=0, progress=False)
-            gen_seconds = time.perf_counter() - t0
-            manifest = json.loads((Path(tmp) / "manifest.json").read_text())
-            stacks, rows = _layers(Path(tmp), manifest)
+        summary, gen_seconds, (stacks, rows) = grow(_preset(name, recipe, quick), _layers)
         reads = _readouts(stacks, rows, settings)
         tree = summary["trees"][0]
         row = {
