@@ -90,6 +90,9 @@ def _adapters(out: Path, manifest: dict) -> tuple[torch.Tensor, list[dict]]:
 
 def _readouts(X: torch.Tensor, rows: list[dict], heldout: list[str], home: Home,
               settings: ExpertSettings) -> dict:  # fmt: skip
+    """Seen-class top-1 of the ridge read-out and ProbeX on test adapters, and the zero-shot
+    expert's top-1 and ranking AUC on holdout adapters among the `heldout` names; chances.
+    `home` only holds the text encoder's cache."""
     held = set(heldout)
     seen = sorted({c for m in rows for c in m["training_classes"]} - held)
     idx = {s: [i for i, m in enumerate(rows) if m["split"] == s] for s in FULL_SPLITS.as_dict()}
@@ -112,7 +115,7 @@ def _readouts(X: torch.Tensor, rows: list[dict], heldout: list[str], home: Home,
     )  # fmt: skip
     with torch.no_grad():
         scores = expert.scores(X[hold], encoder.encode(class_prompts(heldout))).numpy()
-    Yh = multi_hot([rows[i]["training_classes"] for i in hold], heldout).numpy()
+    Yh = multi_hot(classes["val_holdout"] + classes["test_holdout"], heldout).numpy()
     return {
         "chance": 1 / len(seen),
         "ridge": topk_accuracy(predict_proba(ridge.model, data["test"]).numpy(), test_y, 1),
