@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from bench.zoo_signal import grow
+from bench.zoo_signal import bench_preset, grow
 from probex_core.canon import lora_product
 from probex_core.catalog import Home
 from probex_core.metrics import ranking_auc, topk_accuracy, topk_chance
@@ -59,19 +59,8 @@ BASE = TreeSpec("bench-lora", MLP(hidden=(256, 128)), "bench-lab/mlp-wide", FULL
 
 
 def _preset(name: str, recipe: LoraRecipe, quick: bool) -> ZooPreset:
-    spec = replace(BASE, steps=recipe.steps)
-    if quick:
-        spec = replace(spec, splits=QUICK_SPLITS, root_steps=600)
-    return ZooPreset(
-        name=f"bench-lora-{name}",
-        trees=(spec,),
-        texture=recipe.texture,
-        pretrain_texture=0.0,
-        pool_per_class=60 if quick else 200,
-        pretrain_per_class=60 if quick else 150,
-        eval_per_class=6 if quick else 12,
-        card_lie_rate=0.0,
-    )
+    spec = replace(BASE, steps=recipe.steps)  # the root is always pretrained on flat images
+    return bench_preset(f"lora-{name}", spec, QUICK_SPLITS, quick, recipe.texture, 0.0)
 
 
 def _adapters(out: Path, manifest: dict) -> tuple[torch.Tensor, list[dict]]:

@@ -91,13 +91,26 @@ BASE = TreeSpec("bench", MLP(hidden=(128, 64)), "bench-lab/mlp-root", FULL_SPLIT
 
 def _preset(name: str, recipe: Recipe, quick: bool) -> ZooPreset:
     spec = replace(BASE, **recipe.spec)
+    return bench_preset(name, spec, QUICK_SPLITS, quick, recipe.texture, recipe.pretrain_texture)
+
+
+def bench_preset(
+    name: str,
+    spec: TreeSpec,
+    quick_splits: Splits,
+    quick: bool,
+    texture: float,
+    pretrain_texture: float | None,
+) -> ZooPreset:
+    """A one-tree bench zoo of `spec` on images of `texture` (the root's: `pretrain_texture`);
+    with `quick`, at `quick_splits` and with a shorter root pretraining and smaller pools."""
     if quick:
-        spec = replace(spec, splits=QUICK_SPLITS, root_steps=600)
+        spec = replace(spec, splits=quick_splits, root_steps=600)
     return ZooPreset(
         name=f"bench-{name}",
         trees=(spec,),
-        texture=recipe.texture,
-        pretrain_texture=recipe.pretrain_texture,
+        texture=texture,
+        pretrain_texture=pretrain_texture,
         pool_per_class=60 if quick else 200,
         pretrain_per_class=60 if quick else 150,
         eval_per_class=6 if quick else 12,
