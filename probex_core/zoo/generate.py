@@ -302,14 +302,18 @@ def _plan(
     return root_plans, plans
 
 
-def _pools(cfg: ZooPreset, seed: int, heldout: list[int]) -> dict:
-    """The image pools fine-tunes train and are scored on, and the jitters that draw them."""
-    jitter = ImageJitter(texture=cfg.texture)
+def _pools(cfg: ZooPreset, seed: int, heldout: list[int], tree: TreeSpec | None = None) -> dict:
+    """The image pools fine-tunes train and are scored on, and the jitters that draw them:
+    the preset's, or those of a `tree` with its own texture (drawn from its own generators)."""
+    own = tree is not None and tree.texture is not None
+    jitter = ImageJitter(texture=tree.texture if own else cfg.texture)
+    tag = (tree.tree_id,) if own else ()
     return {
-        "train": image_pool(cfg.pool_per_class, seeded_generator(seed, "finetune-pool"), jitter),
-        "eval": image_pool(cfg.eval_per_class, seeded_generator(seed, "eval-pool"), jitter),
+        "train": image_pool(
+            cfg.pool_per_class, seeded_generator(seed, *tag, "finetune-pool"), jitter
+        ),
+        "eval": image_pool(cfg.eval_per_class, seeded_generator(seed, *tag, "eval-pool"), jitter),
         "heldout": heldout,
-        "jitter": jitter,
         "pretrain_jitter": jitter
         if cfg.pretrain_texture is None
         else ImageJitter(texture=cfg.pretrain_texture),
@@ -329,7 +333,8 @@ def _train_trees(cfg, seed, pools, hub, root_plans, plans, progress: bool) -> di
         for t in cfg.trees:
             start = time.perf_counter()
             bar.set_description(t.tree_id)
-            run = _TreeRun(t, cfg, seed, pools, hub, bar)
+            own = pools if t.texture is None else _pools(cfg, seed, pools["heldout"], t)
+            run = _TreeRun(t, cfg, seed, own, hub, bar)
             root = run.pretrain(root_plans[t.tree_id])
             if t.kind == "lora":
                 run.lora(plans[t.tree_id], root)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from probex_core.zoo.archs import CNN, MLP, ViT
 
@@ -51,6 +51,10 @@ class TreeSpec:
     # "attributes" (colour and shape as two 10-way heads: another task, as ImageNet is to
     # Model-J's CIFAR-100 fine-tunes, so each fine-tune must adapt its backbone to its classes)
     root_task: str = "classes"
+    # this tree's fine-tune images' texture; None: the preset's. A tree with its own texture
+    # draws its own train and eval pools (its own seeded generators), so every other tree of
+    # the zoo keeps its bytes
+    texture: float | None = None
 
     def __post_init__(self) -> None:
         if self.root_task == "attributes" and self.head_init == "root_rows" and self.kind == "full":
@@ -96,6 +100,16 @@ _CNN = CNN(channels=(16, 32, 64))
 # ImageNet backbones to CIFAR-100: the classes are left in the hidden layers.
 V2_DATA = {"texture": 2.0, "pretrain_texture": 0.0}
 _FT = {"steps": (150, 300), "lr": (1e-3, 3e-3)}
+_LORA_FLAT_LONG = TreeSpec(
+    "lora",
+    _LORA_ROOT,
+    "pixelworks/mlp-wide",
+    _SPLITS,
+    kind="lora",
+    steps=(200, 400),
+    lr=(2e-3, 8e-3),
+    texture=0.0,
+)
 
 DEFAULT = ZooPreset(
     name="default",
@@ -128,15 +142,12 @@ DEFAULT = ZooPreset(
             lr=(1e-3, 3e-3),
             batch_size=32,
         ),
-        TreeSpec(
-            "lora",
-            _LORA_ROOT,
-            "pixelworks/mlp-wide",
-            _SPLITS,
-            kind="lora",
-            steps=(60, 120),
-            lr=(2e-3, 8e-3),
-        ),
+        # the LoRA tree's adapters learn flat-colour images for 200-400 steps: on the LoRA
+        # recipe bench (300 training adapters, seeds 0 / 1) the zero-shot expert's held-out
+        # AUC rose 0.818 / 0.869 -> 0.961 / 0.918 and its held-out top-1 0.400 / 0.300 ->
+        # 0.683 / 0.367 against patterned images for 60-120 steps: a one-class adapter of a
+        # flat-pretrained root learns its colour and shape, which its name says, not a pattern
+        _LORA_FLAT_LONG,
     ),
     **V2_DATA,
 )
@@ -164,16 +175,7 @@ TINY = ZooPreset(
             root_lr=3e-3,
             **_FT,
         ),
-        TreeSpec(
-            "lora",
-            _LORA_ROOT,
-            "pixelworks/mlp-wide",
-            Splits(64, 8, 6, 4, 4),
-            kind="lora",
-            root_steps=800,
-            steps=(60, 100),
-            lr=(2e-3, 8e-3),
-        ),
+        replace(_LORA_FLAT_LONG, splits=Splits(64, 8, 6, 4, 4), root_steps=800),
     ),
     pool_per_class=100,
     pretrain_per_class=80,
