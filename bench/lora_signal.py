@@ -45,10 +45,12 @@ class LoraRecipe:
 
 RECIPES: dict[str, LoraRecipe] = {
     "v2": LoraRecipe(
-        "the default zoo's LoRA tree: patterned images (2.0), 60-120 steps", 2.0, (60, 120)
+        "zoo v2's first LoRA tree: patterned images (2.0), 60-120 steps", 2.0, (60, 120)
     ),
     "long": LoraRecipe("patterned images, 200-400 steps", 2.0, (200, 400)),
-    "flat-long": LoraRecipe("flat-colour images, 200-400 steps", 0.0, (200, 400)),
+    "flat-long": LoraRecipe(
+        "the default zoo's LoRA tree: flat-colour images, 200-400 steps", 0.0, (200, 400)
+    ),
 }
 
 LAYER = "fc1"
