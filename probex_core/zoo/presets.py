@@ -136,7 +136,8 @@ DEFAULT = ZooPreset(
         # recipe bench (300 training adapters, seeds 0 / 1) the zero-shot expert's held-out
         # AUC rose 0.818 / 0.869 -> 0.961 / 0.918 and its held-out top-1 0.400 / 0.300 ->
         # 0.683 / 0.367 against patterned images for 60-120 steps: a one-class adapter of a
-        # flat-pretrained root learns its colour and shape, which its name says, not a pattern
+        # flat-pretrained root learns its colour and shape, which its name says, not a pattern.
+        # On this zoo (seed 0) ProbeX top-1 went 0.415 -> 0.523 and held-out top-1 0.300 -> 0.650
         TreeSpec(
             "lora",
             _LORA_ROOT,
