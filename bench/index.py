@@ -13,7 +13,9 @@ embeddings can sit closer to every text than another's (on the default zoo the L
 every query by raw cosine). So each model carries a scale s (its expert's logit scale) and an
 offset o (the log-sum-exp of s · cosine over the texts of the classes its tree was trained
 on); a model's score for a text is s · cosine − o, the log-odds its expert gives that text
-against what it knows. Without calibration values the score is the plain cosine.
+against what it knows. Without calibration values the score is the plain cosine. The SQL
+returns log σ(s · cosine − o) instead (a log-probability, comparable with the classifier's that
+`probex search` uses for trees that know the text as a class): the same ranking.
 
 Indexes save to one safetensors file (vectors and list layout) whose metadata holds the repo
 ids, tree ids and documented flags as JSON strings.
@@ -247,7 +249,8 @@ def search_models_duckdb(
     k: int = 10,
     tree: str | None = None,
 ) -> list[SearchHit]:
-    """Run `SEARCH_MODELS_SQL` on a DuckDB connection that has an `embeddings` view."""
+    """Run `SEARCH_MODELS_SQL` on a DuckDB connection that has an `embeddings` view (its
+    scores: log σ of `SearchIndex`'s where calibrated)."""
     q = _as_matrix(text_vec).reshape(-1).tolist()
-    rows = con.execute(SEARCH_MODELS_SQL, [q, encoder, tree, tree, k]).fetchall()
+    rows = con.execute(SEARCH_MODELS_SQL, [q, encoder, tree, tree, [], k]).fetchall()
     return [SearchHit(r, t, float(s), None if d is None else bool(d)) for r, t, s, _, d in rows]

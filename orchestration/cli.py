@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql = _command(sub, "sql", "query the catalog (DuckDB, read-only)", _cmd_sql)
     sql.add_argument("query", help="one SQL statement over the catalog views")
 
-    search = _command(sub, "search", "rank models by similarity to a text", _cmd_search)
+    search = _command(
+        sub, "search", "rank models by how likely they were trained on a text", _cmd_search
+    )
     search.add_argument("text", help='what the models should have been trained on, e.g. "red star"')
     search.add_argument("-k", type=int, default=10, help="how many models to list")
     search.add_argument("--tree", default=None, help="only this tree")

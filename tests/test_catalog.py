@@ -87,6 +87,6 @@ def test_parts_from_older_code_get_new_columns_as_null(tmp_path):
     df = query(home, "SELECT repo_id, logit_scale, vocab_lse FROM embeddings ORDER BY repo_id")
     assert df.repo_id.tolist() == ["org/a", "org/b"]
     assert df.logit_scale.isna().all() and df.vocab_lse.isna().all()
-    hits = query(home, SEARCH_MODELS_SQL, [[0.0, 1.0], "enc", None, None, 5])
+    hits = query(home, SEARCH_MODELS_SQL, [[0.0, 1.0], "enc", None, None, [], 5])
     assert hits.repo_id.tolist() == ["org/b", "org/a"]
     assert hits.score.tolist() == pytest.approx([0.8, 0.0], abs=1e-6)

@@ -122,7 +122,9 @@ def test_sql_ranking_matches_numpy(data):
         np_hits = index.search(q, k=10, tree=tree)
         assert [h.repo_id for h in sql_hits] == [h.repo_id for h in np_hits]
         assert [h.documented for h in sql_hits] == [h.documented for h in np_hits]
-        assert np.allclose([h.score for h in sql_hits], [h.score for h in np_hits], atol=1e-5)
+        log_odds = np.array([h.score for h in np_hits])
+        log_prob = -np.logaddexp(0, -log_odds)  # log σ: SQL's score, the same order
+        assert np.allclose([h.score for h in sql_hits], log_prob, atol=1e-5)
 
 
 def test_calibration_reorders_and_round_trips(tmp_path, data):

@@ -31,6 +31,7 @@ from probex_core.metrics import (
     topk_chance,
 )
 from probex_core.pipeline.common import StepReport
+from probex_core.pipeline.evaluate_search import search_rows
 from probex_core.pipeline.labels import is_list, majority_chance, text_encoder, tree_labels
 from probex_core.pipeline.report import build_report, write_report
 from probex_core.schemas import frame
@@ -151,7 +152,7 @@ class _TreeData:
 def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
     """Every score against ground truth: the experts' validation rows, tree recovery and
     routing (manifest only), each tree's classifiers and zero-shot expert on test and
-    held-out models, and text search over held-out class names."""
+    held-out models, and text search for class names (`evaluate_search`)."""
     rows = _Rows()
     _validation_rows(rows, read_table(home, "expert_results"))
     truth = load_truth(home, manifest_path)
@@ -163,17 +164,17 @@ def evaluate(home: Home, manifest_path: Path | None) -> StepReport:
         _routing_rows(rows, home, truth, summary)
     # the weight-language embeddings and search calibration `predict` stored: not recomputed
     stored = read_table(home, "model_embeddings").set_index("repo_id")
-    searched: list[tuple[_TreeData, np.ndarray]] = []
+    searched: list[_TreeData] = []
     for tree_id in sorted(summary.index):
         tree = _tree_data(home, tree_id, truth, stored)
         if tree is None:
             continue
         _classifier_rows(rows, home, tree, truth)
         _zero_shot_rows(rows, home, tree, truth)
-        calib = stored.loc[tree.ids][["logit_scale", "vocab_lse"]].to_numpy(np.float32).T
-        searched.append((tree, calib))
-    if searched and truth.heldout:
-        _search_rows(rows, home, searched, truth)
+        searched.append(tree)
+    if searched:
+        ids = [r for tree in searched for r in tree.ids]
+        search_rows(rows, home, ids, torch.cat([tree.emb for tree in searched]), truth)
     _card_rows(rows, home, truth)
     extra = {}
     if scores:
@@ -369,24 +370,6 @@ def _zero_shot_rows(rows: _Rows, home: Home, tree: _TreeData, truth: _Truth) -> 
         rows.add(t, "probex-zeroshot", "heldout_ranking_auc", auc, 0.5, n_auc, "holdout", se)
     rows.add(t, "probex-zeroshot", "heldout_top5", topk_accuracy(s, Yh, 5),
              float(topk_chance(n_pos, len(held), 5).mean()), n, "holdout")  # fmt: skip
-
-
-def _search_rows(rows: _Rows, home: Home, searched: list, truth: _Truth) -> None:
-    """Text search over every tree's models for each held-out class name: precision@10 of
-    the calibrated score `probex search` ranks by, and of raw cosine."""
-    E = torch.cat([tree.emb for tree, _ in searched])
-    ids = [r for tree, _ in searched for r in tree.ids]
-    calib = np.concatenate([c for _, c in searched], axis=1)
-    spec = searched[0][0].meta.encoder
-    texts = text_encoder(home, spec).encode(class_prompts(truth.heldout))
-    cos = cosine_scores(E, texts).numpy().T
-    has = np.array([[c in truth.classes(r) for r in ids] for c in truth.heldout])
-    for method, sims in (("search", calib[0] * cos - calib[1]), ("search-cosine", cos)):
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
-        per_query = np.take_along_axis(has, top, axis=1).mean(axis=1)
-        se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else None
-        rows.add("ALL", method, "heldout_precision_at_10", float(per_query.mean()),
-                 float(has.mean()), len(truth.heldout), "holdout", se)  # fmt: skip
 
 
 def _card_rows(rows: _Rows, home: Home, truth: _Truth) -> None:

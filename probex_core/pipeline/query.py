@@ -23,29 +23,86 @@ from probex_core.pipeline.layers import (
 from probex_core.pipeline.predict import text_space
 from probex_core.pipeline.recover import weight_records
 from probex_core.store import TreeExperts, TreeLayers
-from probex_core.text import class_prompts
+from probex_core.text import class_prompt, class_prompts
 from probex_core.train import Calibration, predict_proba
 from probex_core.zeroshot import cosine_scores
 
+# A text names a class a tree's expert knows when its prompt's embedding lies this close to
+# that class's prompt. With MiniLM on the zoo's names: distinct class names reach at most
+# 0.888 ("a photo of a red star" against another colour-shape pair); the same name written
+# "Red Star", "a red star", "red stars" or "red star shape" reaches 0.935-1.0.
+KNOWN_CLASS_COSINE = 0.92
+
+
+class TextSearch:
+    """Text search over a catalog's models: one ranking of every tree's models by the
+    log-probability their experts give the text, best first — in SQL, no weight is re-read.
+
+    The text is encoded as the experts' class texts are (`class_prompt`). A tree whose
+    expert knows the text as one of its classes ranks its models by that class's calibrated
+    classifier probability (`sql/search_known.sql`); every other tree by its zero-shot
+    expert, log σ(s · cosine − o) against the classes the tree knows
+    (`sql/search_models.sql`). Both are log-probabilities, so the trees share one ranking.
+    """
+
+    def __init__(self, home: Home) -> None:
+        stored = query(home, "SELECT DISTINCT tree_id, encoder FROM embeddings")
+        if stored.empty:
+            raise UserError("the catalog has no model embeddings yet; run `probex run` first")
+        if stored.encoder.nunique() > 1:
+            raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
+        self.home, self.encoder_name = home, stored.encoder.iloc[0]
+        self.trees = set(stored.tree_id)
+        metas = {t: TreeExperts(home, t).meta() for t in sorted(stored.tree_id)}
+        self.encoder = text_encoder(home, next(iter(metas.values())).encoder)
+        self.classes = {t: list(m.classes) for t, m in metas.items() if m.classes}
+        self.class_texts = {
+            t: self.encoder.encode(class_prompts(c)) for t, c in self.classes.items()
+        }
+
+    def known_classes(self, vec: torch.Tensor, tree: str | None) -> dict[str, str]:
+        """{tree id: its class} for each tree whose expert knows the text as a class."""
+        known = {}
+        for t, texts in self.class_texts.items():
+            sims = texts @ vec
+            if (tree is None or t == tree) and float(sims.max()) >= KNOWN_CLASS_COSINE:
+                known[t] = self.classes[t][int(sims.argmax())]
+        return known
+
+    def search(self, text: str, k: int | None = 10, tree: str | None = None) -> pd.DataFrame:
+        """The k (None: all) best models for `text`: repo_id, tree_id, score, cosine,
+        documented, known_class (the class the classifier answered for; empty: zero-shot)."""
+        if tree is not None:
+            tree = resolve_tree(self.home, tree, self.trees)
+        vec = self.encoder.encode([class_prompt(text)])[0]
+        known = self.known_classes(vec, tree)
+        q = vec.tolist()
+        try:
+            hits = query(
+                self.home,
+                load_sql("search_models"),
+                [q, self.encoder_name, tree, tree, list(known), k],
+            )
+        except duckdb.BinderException as e:
+            raise UserError(
+                f"the catalog {self.home.catalog_path} was built by an older probex and has no "
+                "search calibration columns; run `probex run` once to refresh it"
+            ) from e
+        hits["known_class"] = ""
+        if known:
+            by_class = query(
+                self.home,
+                load_sql("search_known"),
+                [q, list(known), list(known.values()), self.encoder_name, tree, tree, k],
+            )
+            hits = pd.concat([by_class, hits], ignore_index=True)
+            hits = hits.sort_values(["score", "repo_id"], ascending=[False, True], kind="stable")
+        return hits.head(len(hits) if k is None else k).reset_index(drop=True)
+
 
 def search_catalog(home: Home, text: str, k: int = 10, tree: str | None = None) -> pd.DataFrame:
-    """Rank stored model embeddings by similarity to `text` — in SQL, no weight is re-read."""
-    stored = query(home, "SELECT DISTINCT tree_id, encoder FROM embeddings")
-    if stored.empty:
-        raise UserError("the catalog has no model embeddings yet; run `probex run` first")
-    if stored.encoder.nunique() > 1:
-        raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
-    if tree is not None:
-        tree = resolve_tree(home, tree, set(stored.tree_id))
-    spec = TreeExperts(home, stored.tree_id.iloc[0]).meta().encoder
-    vec = text_encoder(home, spec).encode([text])[0].tolist()
-    try:
-        return query(home, load_sql("search_models"), [vec, stored.encoder.iloc[0], tree, tree, k])
-    except duckdb.BinderException as e:
-        raise UserError(
-            f"the catalog {home.catalog_path} was built by an older probex and has no search "
-            "calibration columns; run `probex run` once to refresh it"
-        ) from e
+    """Rank every tree's models for `text` (`TextSearch`)."""
+    return TextSearch(home).search(text, k, tree)
 
 
 def resolve_tree(home: Home, tree: str, among: set[str]) -> str:

@@ -207,12 +207,18 @@ def _zero_shot(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
         for col, split, metric in ZERO_SHOT_METRICS:
             row[col] = float(by.get((split, metric), float("nan")))
         rows.append(row)
-    search = evals[evals.metric == "heldout_precision_at_10"].set_index("method").value
-    found = ", ".join(f"{m} {v:.3f}" for m, v in search.items()) or "not measured"
+    found = {}
+    for metric in ("heldout_precision_at_10", "seen_precision_at_10"):
+        g = evals[evals.metric == metric]
+        chance = f"; chance {g.chance.iloc[0]:.3f}" if len(g) else ""
+        found[metric] = ", ".join(f"{m} {v:.3f}" for m, v in zip(g.method, g.value, strict=True))
+        found[metric] += chance
     note = (
         "Class names as text: AUC ranks a model's own classes above the others (0.5 chance); "
-        "held-out classes were never in any expert's training. Text search over held-out "
-        f"class names, precision@10 (calibrated `search`, plain cosine `search-cosine`): {found}."
+        "held-out classes were never in any expert's training. Text search (`probex search`; "
+        "plain cosine `search-cosine`), precision@10: held-out class names over every model, "
+        f"{found['heldout_precision_at_10'] or 'not measured'}; the names the experts know, "
+        f"over the undocumented models, {found['seen_precision_at_10'] or 'not measured'}."
     )
     return Section(title, pd.DataFrame(rows), note)
 
