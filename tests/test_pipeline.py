@@ -137,7 +137,7 @@ def test_heldout_zero_shot_rows_carry_ranking_auc_and_standard_errors(built):
     p = top1.value
     assert ((p * (1 - p) / top1.n) ** 0.5 - top1.stderr).abs().max() < 1e-9
     search = query(home, "SELECT stderr FROM evaluations WHERE metric = 'heldout_precision_at_10'")
-    assert search.stderr.notna().all() and len(search) == 2
+    assert search.stderr.notna().all() and len(search) == 3  # search, search-cosine, text-blind
 
 
 def test_heldout_zero_shot_values_are_recomputed_from_the_manifest(built, tiny_hub_copy):
@@ -256,6 +256,33 @@ def test_search_precision_rows_are_what_probex_search_returns(built, tiny_hub_co
     seen = got.loc["seen_precision_at_10"]
     assert seen.value["search"] >= seen.chance["search"] + 0.2, seen
     assert seen.value["search"] > seen.value["search-cosine"], seen
+
+
+def test_text_blind_ranking_counts_the_classes_a_classifier_does_not_find(built, tiny_hub_copy):
+    """`unknown_classes`: the median class count of the tree's documented models (from the
+    manifest here) minus the model's summed predicted probabilities; `evaluations`' text-blind
+    row is the precision@10 of that one ranking for every held-out name."""
+    from probex_core.pipeline.evaluate_search import unknown_classes
+
+    home, _ = built
+    manifest = json.loads((tiny_hub_copy / "manifest.json").read_text())
+    truth = {m["repo_id"]: m for m in manifest["models"]}
+    found = query(home, "SELECT repo_id, tree_id, sum(probability) AS found FROM predictions "
+                  "GROUP BY ALL ORDER BY repo_id")  # fmt: skip
+    usual = {
+        t: np.median([len(truth[r]["training_classes"]) for r in g.repo_id
+                      if truth[r]["documented"] and truth[r].get("parent")])
+        for t, g in found.groupby("tree_id")
+    }  # fmt: skip
+    expect = found.tree_id.map(usual).to_numpy() - found.found.to_numpy()
+    got = unknown_classes(home, found.repo_id.tolist())
+    assert np.allclose(got, expect, atol=1e-6) and len(set(usual.values())) >= 2
+    ids = query(home, "SELECT repo_id FROM embeddings").repo_id.tolist()
+    top = [ids[i] for i in np.argsort(-unknown_classes(home, ids), kind="stable")[:10]]
+    held = manifest["heldout_classes"]
+    mine = np.mean([np.mean([c in truth[r]["training_classes"] for r in top]) for c in held])
+    row = query(home, "SELECT value FROM evaluations WHERE method = 'text-blind'").value
+    assert row.tolist() == pytest.approx([mine], abs=1e-9)
 
 
 def test_readme_queries_answer_and_agree_with_the_ground_truth(built, tiny_hub_copy):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from probex_core.catalog import Home, read_table
+from probex_core.pipeline.labels import is_list
 from probex_core.pipeline.query import TextSearch
 from probex_core.text import class_prompts
 from probex_core.zeroshot import cosine_scores
@@ -15,7 +16,9 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
     """precision@10 of `probex search`'s own ranking (`TextSearch`) and of plain cosine, one
     query per class name: held-out names over every tree's models (`ids`, embeddings `emb`;
     no expert knows those names), and the names the experts know over the undocumented
-    models (a card answers for the documented ones). `rows.add` takes each score."""
+    models (a card answers for the documented ones). For held-out names also a ranking that
+    ignores the text (`unknown_classes`, most first): what finding "a model that holds
+    something its expert does not know" alone scores. `rows.add` takes each score."""
     search = TextSearch(home)
     documented = read_table(home, "repos").set_index("repo_id").documented
     undocumented = np.array([not bool(documented.get(r, False)) for r in ids])
@@ -36,7 +39,28 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
             ],
             "search-cosine": np.argsort(-cos, axis=1, kind="stable")[:, :10],
         }
+        if metric == "heldout_precision_at_10":
+            blind = np.argsort(-unknown_classes(home, pooled), kind="stable")[:10]
+            ranked["text-blind"] = [blind] * len(names)
         for method, top in ranked.items():
             per_query = np.array([has[q, t].mean() for q, t in enumerate(top)])
             se = float(per_query.std(ddof=1) / np.sqrt(len(names))) if len(names) > 1 else None
             rows.add("ALL", method, metric, per_query.mean(), has.mean(), len(names), split, se)
+
+
+def unknown_classes(home: Home, ids: list[str]) -> np.ndarray:
+    """Per model, how many of its classes its tree's classifier does not find: the number of
+    classes the tree's documented models usually have (median) minus the sum of the model's
+    predicted probabilities (`predictions`). NaN for a model without predictions."""
+    repos = read_table(home, "repos").set_index("repo_id")
+    preds = read_table(home, "predictions_long")
+    found = preds.groupby("repo_id").probability.sum()
+    tree_of = preds.drop_duplicates("repo_id").set_index("repo_id").tree_id
+    usual = {}
+    for tree_id, members in tree_of.groupby(tree_of):
+        labels = repos.training_classes.reindex(members.index)
+        counts = [len(c) for c in labels if is_list(c) and len(c)]
+        usual[tree_id] = float(np.median(counts)) if counts else np.nan
+    return np.array(
+        [usual.get(tree_of.get(r), np.nan) - found.get(r, np.nan) for r in ids], dtype=float
+    )

@@ -216,7 +216,9 @@ def _zero_shot(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
     note = (
         "Class names as text: AUC ranks a model's own classes above the others (0.5 chance); "
         "held-out classes were never in any expert's training. Text search (`probex search`; "
-        "plain cosine `search-cosine`), precision@10: held-out class names over every model, "
+        "plain cosine `search-cosine`; `text-blind`: the models with the most classes their "
+        "classifier does not find, whatever the text), precision@10: held-out class names "
+        "over every model, "
         f"{found['heldout_precision_at_10'] or 'not measured'}; the names the experts know, "
         f"over the undocumented models, {found['seen_precision_at_10'] or 'not measured'}."
     )
