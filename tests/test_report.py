@@ -112,7 +112,9 @@ def test_experiments_reproduce_the_expert_and_fill_their_sections(
     own = query(home, "SELECT tree_id, metric, value FROM evaluations WHERE method = 'probex'")
     for tree_id in trained:
         mine = ran[(ran.tree_id == tree_id) & (ran.experiment == "probes")]
-        assert len(mine) == 6  # r_U 1, 8, 32, 128 at r_T 128; r_T 16, 512 at r_U 32
+        assert len(mine) == 7  # r_U 1, 8, 32, 128 at r_T 128; r_T 16, 512 at r_U 32; budget
+        budget = mine[mine.setting == "r_U=8 r_V=32 r_T=80"].params.iloc[0]
+        assert budget < mine[mine.setting == "r_U=8 r_T=128"].params.iloc[0]
         same = mine[mine.setting == "r_U=32 r_T=128"].iloc[0]
         want = own[(own.tree_id == tree_id) & (own.metric == same.metric)].value.iloc[0]
         assert same.value == pytest.approx(want, abs=1e-6)
