@@ -53,6 +53,7 @@ class TextSearch:
             raise UserError(f"embeddings from several encoders: {sorted(stored.encoder.unique())}")
         self.home, self.encoder_name = home, stored.encoder.iloc[0]
         self.trees = set(stored.tree_id)
+        self.sql = {name: load_sql(name) for name in ("search_models", "search_known")}
         metas = {t: TreeExperts(home, t).meta() for t in sorted(stored.tree_id)}
         self.encoder = text_encoder(home, next(iter(metas.values())).encoder)
         self.classes = {t: list(m.classes) for t, m in metas.items() if m.classes}
@@ -80,7 +81,7 @@ class TextSearch:
         try:
             hits = query(
                 self.home,
-                load_sql("search_models"),
+                self.sql["search_models"],
                 [q, self.encoder_name, tree, tree, list(known), k],
             )
         except duckdb.BinderException as e:
@@ -92,7 +93,7 @@ class TextSearch:
         if known:
             by_class = query(
                 self.home,
-                load_sql("search_known"),
+                self.sql["search_known"],
                 [q, list(known), list(known.values()), self.encoder_name, tree, tree, k],
             )
             hits = pd.concat([by_class, hits], ignore_index=True)
