@@ -20,7 +20,8 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
     ignores the text (`unknown_classes`, most first): what finding "a model that holds
     something its expert does not know" alone scores. `rows.add` takes each score."""
     search = TextSearch(home)
-    documented = read_table(home, "repos").set_index("repo_id").documented
+    repos = read_table(home, "repos").set_index("repo_id")
+    documented = repos.documented
     undocumented = np.array([not bool(documented.get(r, False)) for r in ids])
     known = sorted({c for cs in search.classes.values() for c in cs} - set(truth.heldout))
     for names, pool, metric, split in (
@@ -40,7 +41,7 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
             "search-cosine": np.argsort(-cos, axis=1, kind="stable")[:, :10],
         }
         if metric == "heldout_precision_at_10":
-            blind = np.argsort(-unknown_classes(home, pooled), kind="stable")[:10]
+            blind = np.argsort(-unknown_classes(home, pooled, repos), kind="stable")[:10]
             ranked["text-blind"] = [blind] * len(names)
         for method, top in ranked.items():
             per_query = np.array([has[q, t].mean() for q, t in enumerate(top)])
@@ -48,11 +49,13 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
             rows.add("ALL", method, metric, per_query.mean(), has.mean(), len(names), split, se)
 
 
-def unknown_classes(home: Home, ids: list[str]) -> np.ndarray:
+def unknown_classes(home: Home, ids: list[str], repos=None) -> np.ndarray:
     """Per model, how many of its classes its tree's classifier does not find: the number of
     classes the tree's documented models usually have (median) minus the sum of the model's
-    predicted probabilities (`predictions`). NaN for a model without predictions."""
-    repos = read_table(home, "repos").set_index("repo_id")
+    predicted probabilities (`predictions`). NaN for a model without predictions. `repos`:
+    the `repos` table indexed by repo_id, when the caller has read it already."""
+    if repos is None:
+        repos = read_table(home, "repos").set_index("repo_id")
     preds = read_table(home, "predictions_long")
     found = preds.groupby("repo_id").probability.sum()
     tree_of = preds.drop_duplicates("repo_id").set_index("repo_id").tree_id
