@@ -92,6 +92,8 @@ def _readouts(X: torch.Tensor, rows: list[dict], heldout: list[str], home: Home,
     data = {s: TensorData(X[idx[s]], multi_hot(classes[s], seen)) for s in ("train", "val", "test")}
     ridge, probex = warm_probex(data["train"], data["val"], len(seen),
                                 settings.train_config("single"), settings, single_label=True)  # fmt: skip
+    _, pairs = warm_probex(data["train"], data["val"], len(seen), settings.train_config("single"),
+                           settings, single_label=True, ridge=ridge, units="pairs")  # fmt: skip
     test_y = data["test"].Y.numpy()
     encoder = text_encoder(home, settings.encoder)
     cfg = ZeroShotConfig(
@@ -102,7 +104,7 @@ def _readouts(X: torch.Tensor, rows: list[dict], heldout: list[str], home: Home,
     )
     expert = train_zero_shot_expert(
         (data["train"].X, classes["train"]), (data["val"].X, classes["val"]), encoder, cfg,
-        init=encoder_state(probex.model),
+        init=encoder_state(pairs.model),
     )  # fmt: skip
     with torch.no_grad():
         scores = expert.scores(X[hold], encoder.encode(class_prompts(heldout))).numpy()

@@ -1,8 +1,9 @@
 """The closed-form ridge read-out of a layer, and ProbeX warm-started from it.
 
 `fit_ridge` solves ridge regression on the flattened layer in its dual (float64), with λ
-chosen on validation; `warm_start_probex` writes that read-out into a ProbeX (probes and V ±
-pairs from the class maps' singular directions) as the point its training starts from.
+chosen on validation; `warm_start_probex` writes that read-out into a ProbeX (probes and V
+from the class maps' singular directions, V's units passing their responses linearly) as
+the point its training starts from.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ RIDGE_GRID = (
     10.0,
     30.0,
 )  # λ / mean kernel diagonal
+# a warm-started ProbeX's offsets: this many times the deepest training response below zero,
+# so that a test model reaching further than any training model still passes linearly
+OFFSET_FACTOR = 4.0
 RIDGE_LOGIT_SCALE = 8.0  # logits = scale · (ŷ − 0.5): sigmoid > 0.5 exactly where ŷ > 0.5
 
 
@@ -89,46 +93,77 @@ def fit_ridge(
     return RidgeResult(model, curve[rel], rel, curve)
 
 
+LINEAR_UNITS = ("offset", "pairs")  # how a warm start's V units pass responses linearly
+
+
 @torch.no_grad()
-def warm_start_probex(model: WeightModel, linear: WeightModel, train: Dataset) -> WeightModel:
+def warm_start_probex(
+    model: WeightModel, linear: WeightModel, train: Dataset, units: str = "offset"
+) -> WeightModel:
     """Initialise a ProbeX from a linear read-out (`fit_ridge`'s Dense probe) of the same
-    layer, so that it starts as the best rank-(r_U, r_V/2) approximation of that read-out
-    and training refines it instead of searching from random probes.
+    layer, so that it starts as a low-rank approximation of that read-out and training
+    refines it instead of searching from random probes.
 
     The linear logits Σ W_c ⊙ X are written in ProbeX's own terms: probes U are the top r_U
-    input-side singular directions of the stacked class maps W_c, and V holds the top r_V/2
-    output-side directions in ± pairs, so relu(v·z) − relu(−v·z) = v·z passes the linear
-    response through the one ReLU unchanged. M and the head factor the coefficients
-    (C × r_U·r_V/2, rank ≤ r_T). Still the paper's architecture, only its starting point.
-    Measured (zoo v2 MLP tree, fc2 64×128, 450 training models, test per-class accuracy):
-    random init 0.899, ridge 0.943, Dense 0.933; warm-started r_U 32, r_V 64: 0.933.
+    input-side singular directions of the stacked class maps W_c, V holds output-side ones,
+    and M and the head factor the coefficients (C × r_U·r_V, rank ≤ r_T). V's units must
+    pass their responses through the one ReLU linearly; `units` says how:
+    - "offset" (the classifier's start): the top r_V directions, each unit offset above the
+      ReLU's kink (`OFFSET_FACTOR` times its deepest training response below zero) and M's
+      bias taking the offsets back out — the best rank-(r_U, r_V) approximation;
+    - "pairs": the top r_V/2 directions in ± pairs, relu(v·z) − relu(−v·z) = v·z — half as
+      many, but every unit sits at the kink, so gradients move the read-out gently (the
+      zero-shot expert's start: trained from offset units its text head stayed at chance,
+      the responses' large offsets magnifying every step of M).
+    Still the paper's architecture, only its starting point. Measured (default zoo v2.2,
+    seed 0, test per-class accuracy of the start; ridge 0.916 / 0.940): conv3 64×288 starts
+    at 0.897 with offsets against 0.872 in pairs, mlp-alpha's fc2 64×128 at 0.936 against
+    0.920 (r_U 32, r_V 64).
     """
     if model.kind != "probex" or linear.kind != "dense" or linear.head is not None:
         raise ValueError("warm_start_probex takes a ProbeX and a Dense probe without bottleneck")
+    if units not in LINEAR_UNITS:
+        raise ValueError(f"units must be one of {LINEAR_UNITS}, not {units!r}")
     train = as_dataset(train)
     d_H, d_W = train.shape
     r_U, r_V, r_T = model.U.shape[1], model.V.weight.shape[0], model.M.weight.shape[0]
     n_classes = model.head.weight.shape[0]
     W = linear.lin.weight.double().view(n_classes, d_H, d_W)  # class maps W_c
     model.fit_stats(train.head(2048))  # x_mean, as train_expert sets it
-    mean = model.x_mean.double()
-    bias = linear.lin.bias.double() + (W * mean).sum((1, 2))  # logits on centred inputs
-    k_U, k_V = min(r_U, d_W), min(r_V // 2, d_H)
+    bias = linear.lin.bias.double() + (W * model.x_mean.double()).sum((1, 2))  # centred inputs
+    k_U, k_V = min(r_U, d_W), min(r_V if units == "offset" else r_V // 2, d_H)
     U = torch.linalg.svd(W.reshape(-1, d_W), full_matrices=False)[2][:k_U].T  # (d_W, k_U)
     V = torch.linalg.svd(W.transpose(1, 2).reshape(-1, d_H), full_matrices=False)[2][:k_V]
     A = torch.einsum("vh,chw,wu->cuv", V, W, U)  # (C, k_U, k_V) coefficients
     coef = torch.zeros(n_classes, r_U, r_V, dtype=torch.float64)
-    coef[:, :k_U, :k_V], coef[:, :k_U, k_V : 2 * k_V] = A, -A
-    u, s, vt = torch.linalg.svd(coef.reshape(n_classes, -1), full_matrices=False)
-    k = min(r_T, len(s))
+    coef[:, :k_U, :k_V] = A
     # what the read-out does not use keeps a faint random start (exact zeros would never train)
     for p in (model.U, model.V.weight, model.M.weight, model.head.weight):
         p.mul_(1e-2)
     model.V.bias.zero_()
-    model.M.bias.zero_()
     model.U[:, :k_U] = U.float()
-    model.V.weight[:k_V], model.V.weight[k_V : 2 * k_V] = V.float(), -V.float()
+    model.V.weight[:k_V] = V.float()
+    if units == "pairs":
+        coef[:, :k_U, k_V : 2 * k_V] = -A
+        model.V.weight[k_V : 2 * k_V] = -V.float()
+    u, s, vt = torch.linalg.svd(coef.reshape(n_classes, -1), full_matrices=False)
+    k = min(r_T, len(s))
     model.M.weight[:k] = (s[:k, None].sqrt() * vt[:k]).float()
     model.head.weight[:, :k] = (u[:, :k] * s[:k].sqrt()).float()
     model.head.bias.copy_(bias.float())
+    model.M.bias.zero_()
+    if units == "offset":
+        _offset_units(model, train)
     return model
+
+
+@torch.no_grad()
+def _offset_units(model: WeightModel, train: Dataset) -> None:
+    """Lift each V unit above the ReLU's kink for every training model, and take the
+    offsets back out through M's bias, so the encoder's output is unchanged but linear."""
+    deepest = torch.zeros(model.V.weight.shape[0])
+    for X, _ in train.batches(256):
+        deepest = torch.minimum(deepest, model.V(model.responses(X)).amin(dim=(0, 1)))
+    model.V.bias.copy_(-OFFSET_FACTOR * deepest)
+    r_U = model.U.shape[1]
+    model.M.bias.sub_(model.M.weight @ model.V.bias.repeat(r_U))  # Z flattens as (probe, unit)

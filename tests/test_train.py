@@ -313,21 +313,33 @@ def test_multilabel_zero_shot_ranks_heldout_classes_and_shuffled_labels_do_not(l
 
 
 def test_warm_started_probex_starts_as_the_ridge_read_out(splits) -> None:
-    """With widths that hold every direction (r_U ≥ d_W, r_V ≥ 2·d_H, r_T ≥ d_Y) the warm
-    start is exact: ProbeX's logits equal the ridge read-out's before any training."""
+    """With widths that hold every direction (r_U ≥ d_W, r_V ≥ d_H, r_T ≥ d_Y) the warm
+    start is exact: ProbeX's logits equal the ridge read-out's before any training. Each of
+    V's units passes its response linearly (an offset keeps it above the ReLU's kink), so
+    r_V = d_H suffices — ± pairs of units would have needed 2·d_H."""
     tr, va, te = splits["train"], splits["val"], splits["test"]
     ridge = fit_ridge(tr, va)
     model = warm_start_probex(
-        build_model("probex", 32, 48, 8, r_U=48, r_V=64, r_T=8), ridge.model, tr
+        build_model("probex", 32, 48, 8, r_U=48, r_V=32, r_T=8), ridge.model, tr
     )
     with torch.no_grad():
         assert torch.allclose(model(te.X), ridge.model(te.X), atol=1e-3)
+        assert (model.V(model.responses(te.X)) > 0).all()  # on the linear side
     # narrower widths keep the leading directions: far above chance (0.5) before training,
-    # measured 0.79 with 4 probes
+    # measured 0.95 with 4 probes and r_V 8 (0.79 when V held 4 directions in ± pairs)
     small = warm_start_probex(
         build_model("probex", 32, 48, 8, r_U=4, r_V=8, r_T=8), ridge.model, tr
     )
-    assert _test_accuracy(small, te) >= 0.75
+    assert _test_accuracy(small, te) >= 0.90
+    # in ± pairs (the zero-shot expert's start) V needs twice the units for the same read-out
+    pairs = warm_start_probex(
+        build_model("probex", 32, 48, 8, r_U=48, r_V=64, r_T=8), ridge.model, tr, units="pairs"
+    )
+    with torch.no_grad():
+        assert torch.allclose(pairs(te.X), ridge.model(te.X), atol=1e-3)
+        assert float(pairs.V.bias.abs().max()) == 0.0  # every unit at the kink
+    with pytest.raises(ValueError, match="units must be one of"):
+        warm_start_probex(build_model("probex", 32, 48, 8), ridge.model, tr, units="relu")
     with pytest.raises(ValueError, match="takes a ProbeX and a Dense probe"):
         warm_start_probex(build_model("dense", 32, 48, 8), ridge.model, tr)
 

@@ -47,9 +47,12 @@ class ProbeX(WeightModel):
     def fit_stats(self, X: torch.Tensor) -> None:
         self.x_mean.copy_(X.mean(0))
 
+    def responses(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
+        """The probes' responses to the centred layers, (X − X̄) U transposed: (N, r_U, d_H)."""
+        return probe_responses(X, self.U) - (self.x_mean @ self.U).T
+
     def encode(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
-        Z = probe_responses(X, self.U) - (self.x_mean @ self.U).T  # (N, r_U, d_H)
-        Z = torch.relu(self.V(Z))  # (N, r_U, r_V)
+        Z = torch.relu(self.V(self.responses(X)))  # (N, r_U, r_V)
         return self.M(Z.flatten(1))  # (N, r_T)
 
 

@@ -151,9 +151,12 @@ def train_experts(
     )  # fmt: skip
     run.experts.dir.mkdir(parents=True, exist_ok=True)
     say(f"experts: layer {layer} chosen; training ProbeX and baselines ({settings.epochs} epochs)")
-    probex, skipped = _train_classifiers(run, ridge)
+    trained, skipped = _train_classifiers(run, ridge)
     say("experts: training the zero-shot expert (text space)")
-    chosen = _train_zero_shot(run, probex.model)
+    # from ProbeX trained from the read-out in ± pairs: started from offset units, the text
+    # head stayed at chance (`warm_start_probex`)
+    start = trained.get("probex-pairs", trained["probex"])
+    chosen = _train_zero_shot(run, encoder_state(start.model))
     run.meta = replace(
         run.meta,
         checkpoints=run.checkpoints,
@@ -166,7 +169,7 @@ def train_experts(
         single_label=single_label,
         zero_shot_loss=chosen,
     )
-    return _write_tree_results(run, curve, probex.history, skipped)
+    return _write_tree_results(run, curve, trained["probex"].history, skipped)
 
 
 def _layer_data(home, tree_id, layers, train_rows, val_rows, Y_train, Y_val):
@@ -180,26 +183,38 @@ def _layer_data(home, tree_id, layers, train_rows, val_rows, Y_train, Y_val):
 
 def _sweep(splits: dict, n_classes: int, settings: ExpertSettings, single_label: bool):
     """A short warm-started ProbeX per layer; the best on validation is the tree's layer.
-    Returns (layer, validation score per layer, that layer's ridge read-out)."""
+    It starts in ± pairs, as the zero-shot expert's encoder does: the layer serves both
+    experts. (On the tiny zoo's LoRA tree, offset starts tied the two layers at 2 of 14
+    validation adapters and the sweep took fc1, where the zero-shot expert read 1 of 14
+    against 9 of 14 on fc2.) Returns (layer, validation score per layer, its ridge read-out)."""
     objective = "single" if single_label else "classify"
     cfg = settings.train_config(objective, sweep=True)
     swept = {
-        n: warm_probex(a, b, n_classes, cfg, settings, single_label) for n, (a, b) in splits.items()
+        n: warm_probex(a, b, n_classes, cfg, settings, single_label, units="pairs")
+        for n, (a, b) in splits.items()
     }
     curve = {n: r.best_metric for n, (_, r) in swept.items()}
     layer = max(curve, key=curve.__getitem__)
     return layer, curve, swept[layer][0]
 
 
-def _train_classifiers(run: _ExpertRun, ridge: RidgeResult) -> tuple[TrainResult, list[str]]:
-    """ProbeX (warm-started from the ridge read-out), the paper's ProbeX from random probes,
-    the baselines and the ridge read-out itself: each saved, calibrated and recorded.
-    Returns ProbeX's result and what was skipped (Dense over its size cap)."""
+def _train_classifiers(
+    run: _ExpertRun, ridge: RidgeResult
+) -> tuple[dict[str, TrainResult], list[str]]:
+    """ProbeX (warm-started from the ridge read-out), ProbeX from the same read-out in ± pairs
+    (`probex-pairs`, the zero-shot expert's start), the paper's ProbeX from random probes, the
+    baselines and the ridge read-out itself: each saved, calibrated and recorded. Returns the
+    two ProbeX results by method and what was skipped (Dense over its size cap)."""
     settings, n = run.settings, len(run.classes)
     d_H, d_W = run.train.shape
     chance = majority_chance(run.train.Y, run.val.Y)
     cfg = settings.train_config("single" if run.single_label else "classify")
-    _, probex = warm_probex(run.train, run.val, n, cfg, settings, run.single_label, ridge=ridge)
+    trained = {"probex": warm_probex(run.train, run.val, n, cfg, settings, run.single_label,
+                                     ridge=ridge)[1]}  # fmt: skip
+    if settings.probex_init == "ridge":
+        trained["probex-pairs"] = warm_probex(
+            run.train, run.val, n, cfg, settings, run.single_label, ridge=ridge, units="pairs"
+        )[1]
     models = {"probex-scratch": build_model(settings.probex, d_H, d_W, n, seed=settings.seed)}
     skipped = []
     for kind in BASELINES:
@@ -207,24 +222,22 @@ def _train_classifiers(run: _ExpertRun, ridge: RidgeResult) -> tuple[TrainResult
             skipped.append(f"dense skipped: {d_H}x{d_W}x{n} > {settings.dense_max_params} params")
             continue
         models[kind] = build_model(kind, d_H, d_W, n, seed=settings.seed)
-    for method in ("probex", *models):
-        res = (
-            probex if method == "probex" else train_expert(models[method], run.train, run.val, cfg)
-        )
+    for method in (*trained, *models):
+        res = trained.get(method) or train_expert(models[method], run.train, run.val, cfg)
         ckpt = run.save(method, res.model, method=method, params=count_parameters(res.model),
                         epoch_seconds=round(res.epoch_seconds, 5))  # fmt: skip
         run.record_classifier(method, res.model, ckpt, chance)
     # the closed-form ridge read-out: the warm start, and a cheap linear bar beside the experts
     ckpt = run.save("ridge", ridge.model, method="ridge", ridge_lambda=ridge.ridge)
     run.record_classifier("ridge", ridge.model, ckpt, chance)
-    return probex, skipped
+    return trained, skipped
 
 
-def _train_zero_shot(run: _ExpertRun, classifier) -> str:
+def _train_zero_shot(run: _ExpertRun, init: dict[str, torch.Tensor]) -> str:
     """The zero-shot expert (weights → text space) through `zeroshot.train_zero_shot_expert`,
-    started from the classifier's encoder. One class per model: the paper's softmax head;
-    several: the multi-label (BCE) head beside it, and the better on validation becomes the
-    tree's zero-shot expert. Returns the loss chosen."""
+    its encoder started from `init`. One class per model: the paper's
+    softmax head; several: the multi-label (BCE) head beside it, and the better on
+    validation becomes the tree's zero-shot expert. Returns the loss chosen."""
     settings = run.settings
     encoder = text_encoder(run.home, settings.encoder)
     present = run.val.Y[:, run.val.Y.sum(0) > 0]
@@ -242,8 +255,7 @@ def _train_zero_shot(run: _ExpertRun, classifier) -> str:
             train=replace(settings.train_config("zeroshot"), zs_loss=loss),
             seed=settings.seed,
         )
-        # the classifier's encoder: its representation already holds the classes linearly
-        expert = train_zero_shot_expert(train, val, encoder, cfg, init=encoder_state(classifier))
+        expert = train_zero_shot_expert(train, val, encoder, cfg, init=init)
         ckpt = run.save(f"zeroshot-{loss}", expert.model,
                         method=f"probex-zeroshot-{loss}", encoder_name=encoder.name)  # fmt: skip
         scores[loss] = expert.result.best_metric
@@ -298,15 +310,16 @@ def warm_probex(
     settings: ExpertSettings,
     single_label: bool,
     ridge: RidgeResult | None = None,
+    units: str = "offset",
 ) -> tuple[RidgeResult, TrainResult]:
     """The ridge read-out of one layer (fitted unless given, e.g. by the layer sweep), and the
-    ProbeX expert warm-started from it and trained (`warm_start_probex`; random probes with
-    `settings.probex_init == "random"`)."""
+    ProbeX expert warm-started from it (its V units as `units` says) and trained
+    (`warm_start_probex`; random probes with `settings.probex_init == "random"`)."""
     ridge = ridge or fit_ridge(train, val, single=single_label)
     d_H, d_W = train.shape
     model = build_model(settings.probex, d_H, d_W, n_classes, seed=settings.seed)
     if settings.probex_init == "ridge":
-        warm_start_probex(model, ridge.model, train)
+        warm_start_probex(model, ridge.model, train, units=units)
     return ridge, train_expert(model, train, val, cfg)
 
 
