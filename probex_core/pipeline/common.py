@@ -19,7 +19,7 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "5",
     "tree_layers": "3",
-    "tree_experts": "10",
+    "tree_experts": "11",
     "model_predictions": "4",
     "evaluations": "10",
     "model_cards": "1",
@@ -79,7 +79,8 @@ class ExpertSettings:
     r_T: int = 128  # representation width (paper 512; its scripts use 128)
     # "ridge": start ProbeX as the layer's ridge read-out (`warm_start_probex`); "random": the
     # paper's random probes (always trained beside it as "probex-scratch"; from the ridge
-    # read-out, ProbeX started in ± pairs is trained beside it too, as "probex-pairs")
+    # read-out, ProbeX is trained from offset units and from ± pairs, "probex-offset" and
+    # "probex-pairs", and the better on validation is "probex")
     probex_init: str = "ridge"
 
     def __post_init__(self) -> None:

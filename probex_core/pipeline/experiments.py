@@ -35,7 +35,7 @@ from probex_core.models.sane import LayerSet, Sane, SaneConfig, embed, tokenise,
 from probex_core.pipeline.common import ExpertSettings, Progress, StepReport
 from probex_core.pipeline.crawl import load_records
 from probex_core.pipeline.evaluate import load_truth
-from probex_core.pipeline.experts import warm_probex
+from probex_core.pipeline.experts import probex_starts, warm_probex
 from probex_core.pipeline.labels import majority_chance, tree_labels
 from probex_core.pipeline.layers import member_layers
 from probex_core.pipeline.query import last_run_hub
@@ -193,8 +193,8 @@ def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
     rows = []
     for r_U, r_V, r_T in dict.fromkeys([*grid, BUDGET]):  # each setting once, in order
         s = replace(settings, r_U=r_U, r_V=r_V, r_T=r_T)
-        _, res = warm_probex(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label,
-                             ridge=ridge)  # fmt: skip
+        res = probex_starts(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label,
+                            ridge)["probex"]  # fmt: skip
         predicted = _timed(_proba, res.model, tree.test_X)
         name = f"r_U={r_U} r_T={r_T}" if r_V == v else f"r_U={r_U} r_V={r_V} r_T={r_T}"
         rows.append(_row(tree, "probes", name, res.model, res, predicted))
