@@ -24,9 +24,10 @@ from probex_core.catalog import Home
 from probex_core.metrics import ranking_auc, topk_accuracy, topk_chance
 from probex_core.models import TextHeadConfig
 from probex_core.pipeline.common import ExpertSettings
-from probex_core.pipeline.experts import encoder_state, warm_probex
+from probex_core.pipeline.experts import encoder_state, probex_starts
 from probex_core.pipeline.labels import text_encoder
 from probex_core.pipeline.layers import layer_transform
+from probex_core.ridge import fit_ridge
 from probex_core.text import class_prompts
 from probex_core.train import TensorData, predict_proba
 from probex_core.zeroshot import ZeroShotConfig, multi_hot, train_zero_shot_expert
@@ -90,10 +91,10 @@ def _readouts(X: torch.Tensor, rows: list[dict], heldout: list[str], home: Home,
     hold = idx["val_holdout"] + idx["test_holdout"]
     classes = {s: [rows[i]["training_classes"] for i in ix] for s, ix in idx.items()}
     data = {s: TensorData(X[idx[s]], multi_hot(classes[s], seen)) for s in ("train", "val", "test")}
-    ridge, probex = warm_probex(data["train"], data["val"], len(seen),
-                                settings.train_config("single"), settings, single_label=True)  # fmt: skip
-    _, pairs = warm_probex(data["train"], data["val"], len(seen), settings.train_config("single"),
-                           settings, single_label=True, ridge=ridge, units="pairs")  # fmt: skip
+    ridge = fit_ridge(data["train"], data["val"], single=True)
+    starts = probex_starts(data["train"], data["val"], len(seen), settings.train_config("single"),
+                           settings, True, ridge)  # fmt: skip
+    probex, pairs = starts["probex"], starts["probex-pairs"]
     test_y = data["test"].Y.numpy()
     encoder = text_encoder(home, settings.encoder)
     cfg = ZeroShotConfig(

@@ -108,13 +108,15 @@ def warm_start_probex(
     input-side singular directions of the stacked class maps W_c, V holds output-side ones,
     and M and the head factor the coefficients (C × r_U·r_V, rank ≤ r_T). V's units must
     pass their responses through the one ReLU linearly; `units` says how:
-    - "offset" (the classifier's start): the top r_V directions, each unit offset above the
+    - "offset": the top r_V directions, each unit offset above the
       ReLU's kink (`OFFSET_FACTOR` times its deepest training response below zero) and M's
       bias taking the offsets back out — the best rank-(r_U, r_V) approximation;
     - "pairs": the top r_V/2 directions in ± pairs, relu(v·z) − relu(−v·z) = v·z — half as
       many, but every unit sits at the kink, so gradients move the read-out gently (the
       zero-shot expert's start: trained from offset units its text head stayed at chance,
       the responses' large offsets magnifying every step of M).
+    The tree's classifier is trained from both and keeps the better on validation
+    (`experts.probex_starts`).
     Still the paper's architecture, only its starting point. Measured (default zoo v2.2,
     seed 0, test per-class accuracy of the start; ridge 0.916 / 0.940): conv3 64×288 starts
     at 0.897 with offsets against 0.872 in pairs, mlp-alpha's fc2 64×128 at 0.936 against
