@@ -14,8 +14,10 @@ every query by raw cosine). So each model carries a scale s (its expert's logit 
 offset o (the log-sum-exp of s · cosine over the texts of the classes its tree was trained
 on); a model's score for a text is s · cosine − o, the log-odds its expert gives that text
 against what it knows. Without calibration values the score is the plain cosine. The SQL
-returns log σ(s · cosine − o) instead (a log-probability, comparable with the classifier's that
-`probex search` uses for trees that know the text as a class): the same ranking.
+returns ln u + log σ(s · cosine − o) instead (u the model's unknown-class mass, see
+sql/search_models.sql; comparable with the classifier's log-probability that `probex search`
+uses for trees that know the text as a class). Rows without u (NULL, as the bench's) take
+u = 1: the same ranking as here.
 
 Indexes save to one safetensors file (vectors and list layout) whose metadata holds the repo
 ids, tree ids and documented flags as JSON strings.

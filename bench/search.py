@@ -265,7 +265,7 @@ def _load_embeddings(con, repo_ids: list[str], trees: list[str], x: np.ndarray) 
     con.execute(
         "CREATE TABLE embeddings AS SELECT repo_id, tree_id, 'bench' AS encoder,"
         " embedding::FLOAT[] AS embedding, 1.0 AS logit_scale, 0.0 AS vocab_lse,"
-        " true AS documented FROM frame"
+        " 1.0 AS unknown_mass, true AS documented FROM frame"
     )
     con.unregister("frame")
     return load

@@ -95,8 +95,9 @@ TABLES: dict[str, dict[str, str]] = {
         "tree_id": "str",
         "encoder": "str",
         "embedding": "float[]",
-        "logit_scale": "float",  # the tree's zero-shot expert's logit scale s
+        "logit_scale": "float",  # s: the zero-shot expert's logit scale / UNKNOWN_TEXT_TEMPERATURE
         "vocab_lse": "float",  # log Σ exp(s · cos) over the tree's class texts (search offset)
+        "unknown_mass": "float",  # expected number of the model's classes its classifier misses
     },
     "evaluation_rows": {
         "tree_id": "str",

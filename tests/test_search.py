@@ -102,14 +102,15 @@ def test_sql_ranking_matches_numpy(data):
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE embeddings (repo_id VARCHAR, tree_id VARCHAR, encoder VARCHAR,"
-        " embedding FLOAT[], logit_scale DOUBLE, vocab_lse DOUBLE, documented BOOLEAN)"
+        " embedding FLOAT[], logit_scale DOUBLE, vocab_lse DOUBLE, unknown_mass DOUBLE,"
+        " documented BOOLEAN)"
     )
     rows = [
-        (r, t, "enc-a", v.tolist(), float(s), float(o), d)
+        (r, t, "enc-a", v.tolist(), float(s), float(o), None, d)
         for r, t, v, s, o, d in zip(repo_ids, trees, x, scales, offsets, documented, strict=True)
     ]
-    rows.append(("other/enc", "tree0", "enc-b", x[0].tolist(), 1.0, 0.0, True))  # excluded
-    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    rows.append(("other/enc", "tree0", "enc-b", x[0].tolist(), 1.0, 0.0, None, True))  # excluded
+    con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     assert "list_cosine_similarity" in search_models_sql()
 
     index = SearchIndex(x, repo_ids, trees, documented, scales, offsets)

@@ -20,8 +20,8 @@ CODE_VERSIONS: dict[str, str] = {
     "model_trees": "5",
     "tree_layers": "3",
     "tree_experts": "11",
-    "model_predictions": "4",
-    "evaluations": "10",
+    "model_predictions": "5",
+    "evaluations": "11",
     "model_cards": "1",
 }
 

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from probex_core.catalog import Home, read_table
-from probex_core.pipeline.labels import is_list
 from probex_core.pipeline.query import TextSearch
 from probex_core.text import class_prompts
 from probex_core.zeroshot import cosine_scores
@@ -41,7 +40,7 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
             "search-cosine": np.argsort(-cos, axis=1, kind="stable")[:, :10],
         }
         if metric == "heldout_precision_at_10":
-            blind = np.argsort(-unknown_classes(home, pooled, repos), kind="stable")[:10]
+            blind = np.argsort(-unknown_classes(home, pooled), kind="stable")[:10]
             ranked["text-blind"] = [blind] * len(names)
         for method, top in ranked.items():
             per_query = np.array([has[q, t].mean() for q, t in enumerate(top)])
@@ -49,21 +48,10 @@ def search_rows(rows, home: Home, ids: list[str], emb: torch.Tensor, truth) -> N
             rows.add("ALL", method, metric, per_query.mean(), has.mean(), len(names), split, se)
 
 
-def unknown_classes(home: Home, ids: list[str], repos=None) -> np.ndarray:
-    """Per model, how many of its classes its tree's classifier does not find: the number of
-    classes the tree's documented models usually have (median) minus the sum of the model's
-    predicted probabilities (`predictions`). NaN for a model without predictions. `repos`:
-    the `repos` table indexed by repo_id, when the caller has read it already."""
-    if repos is None:
-        repos = read_table(home, "repos").set_index("repo_id")
-    preds = read_table(home, "predictions_long")
-    found = preds.groupby("repo_id").probability.sum()
-    tree_of = preds.drop_duplicates("repo_id").set_index("repo_id").tree_id
-    usual = {}
-    for tree_id, members in tree_of.groupby(tree_of):
-        labels = repos.training_classes.reindex(members.index)
-        counts = [len(c) for c in labels if is_list(c) and len(c)]
-        usual[tree_id] = float(np.median(counts)) if counts else np.nan
-    return np.array(
-        [usual.get(tree_of.get(r), np.nan) - found.get(r, np.nan) for r in ids], dtype=float
-    )
+def unknown_classes(home: Home, ids: list[str]) -> np.ndarray:
+    """Per model, how many of its classes its tree's classifier does not find (`unknown_mass`,
+    stored by `predict`: the usual class count of the tree's documented models minus the
+    summed probabilities; 1 − the top one with one class per model). NaN for a model without
+    an expert."""
+    stored = read_table(home, "model_embeddings").set_index("repo_id").unknown_mass
+    return stored.reindex(ids).to_numpy(dtype=float)

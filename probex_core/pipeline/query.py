@@ -41,8 +41,10 @@ class TextSearch:
     The text is encoded as the experts' class texts are (`class_prompt`). A tree whose
     expert knows the text as one of its classes ranks its models by that class's calibrated
     classifier probability (`sql/search_known.sql`); every other tree by its zero-shot
-    expert, log σ(s · cosine − o) against the classes the tree knows
-    (`sql/search_models.sql`). Both are log-probabilities, so the trees share one ranking.
+    expert, ln u + log σ(s · cosine − o): how many of the model's classes its classifier
+    does not find, times the probability that one of them is the text against the classes
+    the tree knows (`sql/search_models.sql`). Both are logs of the expected number of the
+    model's classes that are the text, so the trees share one ranking.
     """
 
     def __init__(self, home: Home) -> None:
