@@ -217,7 +217,9 @@ def _zero_shot(evals: pd.DataFrame, names: dict, truth: bool) -> Section:
         found[metric] += chance
     note = (
         "Class names as text: AUC ranks a model's own classes above the others (0.5 chance); "
-        "held-out classes were never in any expert's training. Text search (`probex search`; "
+        "held-out classes were never in any expert's training. Text search (`probex search`, "
+        "for a name no expert knows: the text's score plus ln of how many classes the model's "
+        "classifier does not find; "
         "plain cosine `search-cosine`; `text-blind`: the models with the most classes their "
         "classifier does not find, whatever the text), precision@10: held-out class names "
         "over every model, "
