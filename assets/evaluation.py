@@ -44,6 +44,30 @@ def predictions_valid(probex_home: ProbexHome) -> dg.AssetCheckResult:
     )
 
 
+@dg.asset_check(
+    asset=model_predictions,
+    description="every model's embedding carries its search calibration: a positive scale, "
+    "an offset, and an unknown-class mass ≥ 0",
+)
+def embeddings_valid(probex_home: ProbexHome) -> dg.AssetCheckResult:
+    df = read_table(probex_home.get(), "model_embeddings").drop(columns="embedding")
+    return check_result(
+        validate(
+            df,
+            "model_embeddings",
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="repo_id"),
+                gxe.ExpectColumnValuesToNotBeNull(column="vocab_lse"),
+                gxe.ExpectColumnValuesToNotBeNull(column="unknown_mass"),
+                gxe.ExpectColumnValuesToBeBetween(column="unknown_mass", min_value=0),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="logit_scale", min_value=0, strict_min=True
+                ),
+            ],
+        )
+    )
+
+
 @dg.asset(
     group_name="evaluation",
     deps=[model_predictions],
