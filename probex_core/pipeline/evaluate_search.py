@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probex_core.catalog import Home, read_table
+from probex_core.catalog import Home, query, read_table
 from probex_core.pipeline.query import TextSearch
 from probex_core.text import class_prompts
 from probex_core.zeroshot import cosine_scores
@@ -53,5 +53,5 @@ def unknown_classes(home: Home, ids: list[str]) -> np.ndarray:
     stored by `predict`: the usual class count of the tree's documented models minus the
     summed probabilities; 1 − the top one with one class per model). NaN for a model without
     an expert."""
-    stored = read_table(home, "model_embeddings").set_index("repo_id").unknown_mass
-    return stored.reindex(ids).to_numpy(dtype=float)
+    stored = query(home, "SELECT repo_id, unknown_mass FROM embeddings").set_index("repo_id")
+    return stored.unknown_mass.reindex(ids).to_numpy(dtype=float)
