@@ -116,7 +116,7 @@ def warm_start_probex(
       zero-shot expert's start: trained from offset units its text head stayed at chance,
       the responses' large offsets magnifying every step of M).
     The tree's classifier is trained from both and keeps the better on validation
-    (`experts.probex_starts`).
+    (`starts.probex_starts`).
     Still the paper's architecture, only its starting point. Measured (default zoo v2.2,
     seed 0, test per-class accuracy of the start; ridge 0.916 / 0.940): conv3 64×288 starts
     at 0.897 with offsets against 0.872 in pairs, mlp-alpha's fc2 64×128 at 0.936 against
@@ -169,3 +169,37 @@ def _offset_units(model: WeightModel, train: Dataset) -> None:
     model.V.bias.copy_(-OFFSET_FACTOR * deepest)
     r_U = model.U.shape[1]
     model.M.bias.sub_(model.M.weight @ model.V.bias.repeat(r_U))  # Z flattens as (probe, unit)
+
+
+@torch.no_grad()
+def warm_start_class_probes(model: WeightModel, linear: WeightModel, train: Dataset) -> WeightModel:
+    """Initialise ProbeX with class probes from a linear read-out (`fit_ridge`'s Dense probe)
+    of the same layer: each class map W_c (d_H × d_W) truncated to its top `rank` singular
+    directions, √s_j v_j as the class's projections and √s_j u_j as its probes, and the bias
+    set so the logit at the training mean is the read-out's.
+
+    Measured (default zoo v2.2, seed 0, test per-class accuracy of this start against the
+    full read-out): rank 1 / 2 read mlp-base's fc2 at 0.863 / 0.868 (ridge 0.863), mlp-alpha's
+    0.932 / 0.937 (0.940), convnet-s's conv3 0.896 / 0.916 (0.916), the ViT's fc2 0.911 / 0.914
+    (0.917); the LoRA tree's fc1 top-1 0.477 / 0.538, 0.585 at rank 4 (ridge 0.585).
+    """
+    if model.kind != "probex-classes" or linear.kind != "dense" or linear.head is not None:
+        raise ValueError(
+            "warm_start_class_probes takes class probes and a Dense probe without bottleneck"
+        )
+    train = as_dataset(train)
+    d_H, d_W = train.shape
+    n_classes, r = len(model.bias), model.rank
+    W = linear.lin.weight.double().view(n_classes, d_H, d_W)  # class maps W_c
+    model.fit_stats(train.head(2048))  # x_mean, as train_expert sets it
+    P, S, Qt = torch.linalg.svd(W, full_matrices=False)  # (C, d_H, k), (C, k), (C, k, d_W)
+    k = min(r, S.shape[1])
+    root = S[:, :k].sqrt()
+    V = torch.zeros(n_classes, r, d_H, dtype=torch.float64)
+    U = torch.zeros(n_classes, r, d_W, dtype=torch.float64)
+    V[:, :k] = (P[:, :, :k] * root[:, None]).transpose(1, 2)
+    U[:, :k] = Qt[:, :k] * root[:, :, None]
+    model.V.copy_(V.reshape(-1, d_H).float())
+    model.U.copy_(U.reshape(-1, d_W).T.float())
+    model.bias.copy_((linear.lin.bias.double() + (W * model.x_mean.double()).sum((1, 2))).float())
+    return model

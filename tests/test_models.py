@@ -24,6 +24,7 @@ torch.set_num_threads(1)
 
 SMALL = {
     "probex": {"r_U": 4, "r_V": 5, "r_T": 6},
+    "probex-classes": {"rank": 2},
     "mvprobe": {"r": 3, "proj_dim": 4, "r_T": 6},
     "dense": {"bottleneck": 6},
     "statnn": {"hidden": 6},
@@ -35,7 +36,8 @@ def test_shapes(kind: str) -> None:
     model = build_model(kind, 7, 9, 3, text_dim=5, **SMALL[kind])
     X = torch.randn(4, 7, 9)
     assert model(X).shape == (4, 3)
-    assert model.encode(X).shape == (4, 6)
+    # class probes are linear: their representation is the logit vector, as Dense's is
+    assert model.encode(X).shape == (4, 3 if kind == "probex-classes" else 6)
     assert model.zero_shot_logits(X, torch.randn(11, 5)).shape == (4, 11)
 
 
@@ -64,6 +66,26 @@ def test_probex_equals_sum_of_per_probe_encoders() -> None:
         resp = torch.relu(model.V(X @ model.U[:, j]))  # (N, r_V)
         total = total + resp @ M[:, j, :].T
     assert torch.allclose(model.encode(X), total, atol=1e-5)
+
+
+def test_class_probes_give_each_class_a_rank_r_map() -> None:
+    """logit_c = Σ_j v_cjᵀ (X − X̄) u_cj + b_c, with probes and projections stored class-major;
+    (d_H + d_W)·rank·d_Y + d_Y parameters."""
+    d_H, d_W, C, r = 6, 8, 3, 2
+    model = build_model("probex-classes", d_H, d_W, C, rank=r, seed=1)
+    assert count_parameters(model) == (d_H + d_W) * r * C + C
+    X = torch.randn(5, d_H, d_W)
+    model.fit_stats(X)
+    with torch.no_grad():
+        model.bias.copy_(torch.randn(C))
+    Xc = X - X.mean(0)
+    U, V = model.U.T.reshape(C, r, d_W), model.V.reshape(C, r, d_H)
+    maps = torch.einsum("crh,crw->chw", V, U)  # each class's rank-r map
+    assert torch.linalg.matrix_rank(maps[0]) == r
+    expected = torch.einsum("chw,nhw->nc", maps, Xc) + model.bias
+    assert torch.allclose(model(X), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="rank >= 1"):
+        build_model("probex-classes", d_H, d_W, C, rank=0)
 
 
 @pytest.mark.parametrize("preprocess", ["none", "center", "l2"])

@@ -25,6 +25,7 @@ from probex_core.models.baselines import (
 )
 from probex_core.models.config import (
     FAMILIES,
+    ClassProbeConfig,
     DenseConfig,
     ModelConfig,
     MultiViewConfig,
@@ -33,12 +34,13 @@ from probex_core.models.config import (
     TextHeadConfig,
     model_config,
 )
-from probex_core.models.probex import MultiViewProbe, ProbeX
+from probex_core.models.probex import ClassProbeX, MultiViewProbe, ProbeX
 
 MODEL_KINDS = tuple(FAMILIES)
 
 _MODELS: dict[str, type[WeightModel]] = {
     "probex": ProbeX,
+    "probex-classes": ClassProbeX,
     "mvprobe": MultiViewProbe,
     "dense": DenseProbe,
     "statnn": StatNN,
@@ -90,6 +92,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 __all__ = [
     "MODEL_KINDS",
+    "ClassProbeConfig",
+    "ClassProbeX",
     "N_STATS",
     "QUANTILE_SAMPLE",
     "DenseConfig",

@@ -23,6 +23,19 @@ class ProbeXConfig:
 
 
 @dataclass(frozen=True)
+class ClassProbeConfig:
+    """ProbeX with class probes (ours): each class reads the layer through `rank` probes of
+    its own and projects each response with a vector of its own."""
+
+    kind: ClassVar[str] = "probex-classes"
+    rank: int = 2
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"class probes need rank >= 1, not {self.rank}")
+
+
+@dataclass(frozen=True)
 class MultiViewConfig:
     """Multi-view ProbeX: r probes per view, proj_dim per view, optional row preprocessing."""
 
@@ -54,9 +67,9 @@ class StatNNConfig:
     hidden: int = 64
 
 
-ModelConfig = ProbeXConfig | MultiViewConfig | DenseConfig | StatNNConfig
+ModelConfig = ProbeXConfig | ClassProbeConfig | MultiViewConfig | DenseConfig | StatNNConfig
 FAMILIES: dict[str, type[ModelConfig]] = {
-    c.kind: c for c in (ProbeXConfig, MultiViewConfig, DenseConfig, StatNNConfig)
+    c.kind: c for c in (ProbeXConfig, ClassProbeConfig, MultiViewConfig, DenseConfig, StatNNConfig)
 }
 
 

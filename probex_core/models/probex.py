@@ -1,4 +1,5 @@
-"""ProbeX (probes, a shared projection, a representation) and its multi-view variant."""
+"""ProbeX (probes, a shared projection, a representation), ProbeX with class probes, and the
+multi-view variant."""
 
 from __future__ import annotations
 
@@ -9,10 +10,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from probex_core.models.base import LayerRows, WeightModel, probe_responses
-from probex_core.models.config import MultiViewConfig, ProbeXConfig, TextHeadConfig
+from probex_core.models.config import (
+    ClassProbeConfig,
+    MultiViewConfig,
+    ProbeXConfig,
+    TextHeadConfig,
+)
 
 
-class ProbeX(WeightModel):
+class _CentredProbes:
+    """Probes U (d_W × k) passed through layers centred on the training models' mean X̄
+    (`x_mean`, set by `fit_stats`): what all members share is nuisance, and
+    (X − X̄) U = X U − X̄ U costs one product."""
+
+    U: nn.Parameter
+    x_mean: torch.Tensor
+
+    @torch.no_grad()
+    def fit_stats(self, X: torch.Tensor) -> None:
+        self.x_mean.copy_(X.mean(0))
+
+    def responses(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
+        """The probes' responses to the centred layers, (X − X̄) U transposed: (N, k, d_H)."""
+        return probe_responses(X, self.U) - (self.x_mean @ self.U).T
+
+
+class ProbeX(_CentredProbes, WeightModel):
     """ProbeX (Horwitz et al., CVPR 2025): probes passed through the weights, one ReLU.
 
     Args map to the paper: d_H, d_W — the layer's shape; r_U — number of probes U
@@ -39,21 +62,50 @@ class ProbeX(WeightModel):
         self.U = nn.Parameter(torch.randn(d_W, r_U) / math.sqrt(d_W))  # probes (d_W, r_U)
         self.V = nn.Linear(d_H, r_V)  # shared projection along d_H
         self.M = nn.Linear(r_U * r_V, r_T)  # Σ_l M_l as one map
-        # the training models' mean layer X̄, subtracted from every input (set by `fit_stats`):
-        # what all members share is nuisance, and (X − X̄) U = X U − X̄ U costs one product
         self.register_buffer("x_mean", torch.zeros(d_H, d_W))
-
-    @torch.no_grad()
-    def fit_stats(self, X: torch.Tensor) -> None:
-        self.x_mean.copy_(X.mean(0))
-
-    def responses(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
-        """The probes' responses to the centred layers, (X − X̄) U transposed: (N, r_U, d_H)."""
-        return probe_responses(X, self.U) - (self.x_mean @ self.U).T
 
     def encode(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
         Z = torch.relu(self.V(self.responses(X)))  # (N, r_U, r_V)
         return self.M(Z.flatten(1))  # (N, r_T)
+
+
+class ClassProbeX(_CentredProbes, WeightModel):
+    """ProbeX with class probes (our variant, not the paper's): class c reads the centred
+    layer through `rank` probes of its own, u_cj (d_W), and projects each response with a
+    vector of its own, v_cj (d_H): logit_c = Σ_j v_cjᵀ (X − X̄) u_cj + b_c. Each class map
+    is a rank-`rank` matrix Σ_j v_cj u_cjᵀ: (d_H + d_W)·rank·d_Y + d_Y parameters against
+    Dense's d_H·d_W·d_Y. A fine-tune's class leaves about a rank-one mark on a layer (its
+    images' activations times their error signals), so the class maps of the ridge
+    read-out keep its accuracy at rank 1–2 (`ridge.warm_start_class_probes`), while the
+    paper's shared probes and representation must hold every class direction at once.
+    Linear: the representation e is the logit vector (r_T = d_Y), as Dense's is.
+    """
+
+    kind = "probex-classes"
+
+    def __init__(
+        self,
+        d_H: int,
+        d_W: int,
+        n_classes: int,
+        config: ClassProbeConfig = ClassProbeConfig(),
+        text_dim: int | None = None,
+        text_head: TextHeadConfig = TextHeadConfig(),
+    ):
+        super().__init__(n_classes, 0, text_dim, text_head)
+        k = n_classes * config.rank
+        self.rank = config.rank
+        self.U = nn.Parameter(torch.randn(d_W, k) / math.sqrt(d_W))  # probes, class-major
+        self.V = nn.Parameter(torch.randn(k, d_H) / math.sqrt(d_H))  # one projection each
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+        self.register_buffer("x_mean", torch.zeros(d_H, d_W))
+
+    def encode(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
+        per_probe = (self.responses(X) * self.V).sum(-1)  # (N, d_Y·rank)
+        return per_probe.view(len(per_probe), -1, self.rank).sum(-1) + self.bias  # (N, d_Y)
+
+    def forward(self, X: torch.Tensor | LayerRows) -> torch.Tensor:
+        return self.encode(X)
 
 
 def _standardise(A: torch.Tensor) -> torch.Tensor:
