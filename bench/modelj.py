@@ -130,8 +130,8 @@ def _stacks(subset: Path, layer: str) -> tuple[dict[str, TensorData], list[str]]
 
 def run(quick: bool = False) -> dict:
     from probex_core.pipeline.common import ExpertSettings
-    from probex_core.pipeline.experts import warm_probex
     from probex_core.pipeline.layers import layer_transform
+    from probex_core.pipeline.starts import warm_probex
 
     # noise 6: a ridge read-out of the layer reaches ~0.87 per-class accuracy, not 1.0
     sizes = ModelJSizes(

@@ -25,9 +25,9 @@ from safetensors import safe_open
 
 from probex_core.metrics import per_class_accuracy
 from probex_core.pipeline.common import ExpertSettings
-from probex_core.pipeline.experts import warm_probex
 from probex_core.pipeline.labels import majority_chance
 from probex_core.pipeline.layers import layer_transform
+from probex_core.pipeline.starts import warm_probex
 from probex_core.train import TensorData, predict_proba
 from probex_core.zoo import generate_zoo
 from probex_core.zoo.archs import MLP

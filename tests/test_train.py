@@ -3,6 +3,7 @@ reproducible, checkpoints round-trip exactly."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from bench.synthetic import SyntheticConfig, make_tree, make_trees
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
 from probex_core.models import LayerRows, ProbeXConfig, build_model
-from probex_core.ridge import fit_ridge, warm_start_probex
+from probex_core.ridge import fit_ridge, warm_start_class_probes, warm_start_probex
 from probex_core.store import load_expert, save_expert
 from probex_core.sweeps import layer_sweep, train_shared_baseline
 from probex_core.train import (
@@ -344,6 +345,55 @@ def test_warm_started_probex_starts_as_the_ridge_read_out(splits) -> None:
         warm_start_probex(build_model("dense", 32, 48, 8), ridge.model, tr)
 
 
+def test_class_probes_start_as_the_ridge_read_outs_class_maps_truncated(splits) -> None:
+    """At full rank (min(d_H, d_W)) class probes start exactly as the ridge read-out; at rank
+    r each class map is its best rank-r approximation (Eckart–Young, so no other rank-r map is
+    nearer), the logit at the training mean unchanged. Rank 1 keeps most of the planted
+    tree's read-out: test per-class accuracy measured 0.931 against the ridge's 0.990 (chance
+    0.5)."""
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    ridge = fit_ridge(tr, va)
+    full = warm_start_class_probes(
+        build_model("probex-classes", 32, 48, 8, rank=32), ridge.model, tr
+    )
+    with torch.no_grad():
+        assert torch.allclose(full(te.X), ridge.model(te.X), atol=1e-3)
+    one = warm_start_class_probes(build_model("probex-classes", 32, 48, 8, rank=1), ridge.model, tr)
+    W = ridge.model.lin.weight.detach().view(8, 32, 48)
+    maps = torch.einsum("ch,cw->chw", one.V.detach(), one.U.detach().T)
+    for c in range(8):
+        best = torch.linalg.svdvals(W[c])[1:].square().sum().sqrt()  # what rank 1 must miss
+        assert torch.allclose((W[c] - maps[c]).norm(), best, rtol=1e-3)
+    with torch.no_grad():
+        mean = one.x_mean[None]
+        assert torch.allclose(one(mean), ridge.model(mean), atol=1e-3)
+    assert _test_accuracy(one, te) >= 0.9
+    with pytest.raises(ValueError, match="takes class probes and a Dense probe"):
+        warm_start_class_probes(build_model("probex", 32, 48, 8), ridge.model, tr)
+
+
+def test_probex_is_the_better_on_validation_of_class_and_shared_probes(splits) -> None:
+    """`probex_starts` trains both ProbeX families from one ridge read-out and keeps the better
+    on validation as "probex"; with class_rank 0 no class probes are trained."""
+    from probex_core.pipeline.common import ExpertSettings
+    from probex_core.pipeline.starts import probex_starts
+
+    tr, va = splits["train"], splits["val"]
+    ridge = fit_ridge(tr, va)
+    settings = ExpertSettings(epochs=10, val_every=5, r_U=4, r_V=8, r_T=8)
+    cfg = settings.train_config("classify")
+    got = probex_starts(tr, va, 8, cfg, settings, False, ridge)
+    assert set(got) == {"probex-offset", "probex-pairs", "probex-shared", "probex-classes",
+                        "probex"}  # fmt: skip
+    assert got["probex-classes"].model.kind == "probex-classes"
+    assert got["probex-shared"].model.kind == "probex"
+    better = max(("probex-classes", "probex-shared"), key=lambda k: got[k].best_metric)
+    assert got["probex"] is got[better]
+    without = probex_starts(tr, va, 8, cfg, replace(settings, class_rank=0), False, ridge)
+    assert set(without) == {"probex-offset", "probex-pairs", "probex"}
+    assert without["probex"].model.kind == "probex"
+
+
 def test_unknown_zero_shot_loss_and_probex_init_are_refused(splits) -> None:
     from probex_core.pipeline.common import ExpertSettings
 
@@ -356,6 +406,8 @@ def test_unknown_zero_shot_loss_and_probex_init_are_refused(splits) -> None:
         )
     with pytest.raises(ValueError, match="probex_init"):
         ExpertSettings(probex_init="zeros")
+    with pytest.raises(ValueError, match="class_rank must be >= 0"):
+        ExpertSettings(class_rank=-1)
 
 
 def test_temperature_scaling_undoes_overconfidence_and_keeps_every_decision():

@@ -19,9 +19,9 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "5",
     "tree_layers": "3",
-    "tree_experts": "11",
+    "tree_experts": "12",
     "model_predictions": "5",
-    "evaluations": "11",
+    "evaluations": "12",
     "model_cards": "1",
 }
 
@@ -80,12 +80,18 @@ class ExpertSettings:
     # "ridge": start ProbeX as the layer's ridge read-out (`warm_start_probex`); "random": the
     # paper's random probes (always trained beside it as "probex-scratch"; from the ridge
     # read-out, ProbeX is trained from offset units and from ± pairs, "probex-offset" and
-    # "probex-pairs", and the better on validation is "probex")
+    # "probex-pairs", and the better on validation is "probex-shared"; see class_rank)
     probex_init: str = "ridge"
+    # from the ridge read-out, ProbeX with class probes is trained too ("probex-classes"), each
+    # class reading the layer through this many probes of its own (`ClassProbeX`), and the
+    # better on validation of it and the shared ProbeX ("probex-shared") is "probex". 0: none
+    class_rank: int = 1
 
     def __post_init__(self) -> None:
         if self.probex_init not in ("ridge", "random"):
             raise ValueError(f"probex_init must be 'ridge' or 'random', not {self.probex_init!r}")
+        if self.class_rank < 0:
+            raise ValueError(f"class_rank must be >= 0, not {self.class_rank}")
 
     @property
     def probex(self) -> ProbeXConfig:

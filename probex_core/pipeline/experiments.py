@@ -35,10 +35,10 @@ from probex_core.models.sane import LayerSet, Sane, SaneConfig, embed, tokenise,
 from probex_core.pipeline.common import ExpertSettings, Progress, StepReport
 from probex_core.pipeline.crawl import load_records
 from probex_core.pipeline.evaluate import load_truth
-from probex_core.pipeline.experts import probex_starts, warm_probex
 from probex_core.pipeline.labels import majority_chance, tree_labels
 from probex_core.pipeline.layers import member_layers
 from probex_core.pipeline.query import last_run_hub
+from probex_core.pipeline.starts import probex_starts, warm_probex
 from probex_core.ridge import fit_ridge
 from probex_core.schemas import frame
 from probex_core.store import TreeExperts, TreeLayers
@@ -192,7 +192,7 @@ def _ablation(tree: _Tree, settings: ExpertSettings) -> list[dict]:
     ridge = fit_ridge(tree.train, tree.val, single=tree.single_label)  # one warm start for all
     rows = []
     for r_U, r_V, r_T in dict.fromkeys([*grid, BUDGET]):  # each setting once, in order
-        s = replace(settings, r_U=r_U, r_V=r_V, r_T=r_T)
+        s = replace(settings, r_U=r_U, r_V=r_V, r_T=r_T, class_rank=0)  # the shared ProbeX
         res = probex_starts(tree.train, tree.val, len(tree.classes), cfg, s, tree.single_label,
                             ridge)["probex"]  # fmt: skip
         predicted = _timed(_proba, res.model, tree.test_X)

@@ -20,7 +20,8 @@ from probex_core.pipeline.common import (
     png,
 )
 from probex_core.pipeline.labels import majority_chance, split_members, text_encoder, tree_labels
-from probex_core.ridge import RidgeResult, fit_ridge, warm_start_probex
+from probex_core.pipeline.starts import encoder_state, probex_starts, warm_probex
+from probex_core.ridge import RidgeResult
 from probex_core.schemas import frame
 from probex_core.store import (
     ExpertMeta,
@@ -29,8 +30,6 @@ from probex_core.store import (
 )
 from probex_core.train import (
     TensorData,
-    TrainConfig,
-    TrainResult,
     fit_temperature,
     predict_logits,
     predict_proba,
@@ -293,46 +292,6 @@ def _write_tree_results(
         },
         data_version=digest(meta.version, res_df.value.round(6).tolist()),
     )
-
-
-def warm_probex(
-    train: TensorData,
-    val: TensorData,
-    n_classes: int,
-    cfg: TrainConfig,
-    settings: ExpertSettings,
-    single_label: bool,
-    ridge: RidgeResult | None = None,
-    units: str = "offset",
-) -> tuple[RidgeResult, TrainResult]:
-    """The ridge read-out of one layer (fitted unless given, e.g. by the layer sweep), and the
-    ProbeX expert warm-started from it (its V units as `units` says) and trained
-    (`warm_start_probex`; random probes with `settings.probex_init == "random"`)."""
-    ridge = ridge or fit_ridge(train, val, single=single_label)
-    d_H, d_W = train.shape
-    model = build_model(settings.probex, d_H, d_W, n_classes, seed=settings.seed)
-    if settings.probex_init == "ridge":
-        warm_start_probex(model, ridge.model, train, units=units)
-    return ridge, train_expert(model, train, val, cfg)
-
-
-def probex_starts(train, val, n_classes, cfg, settings, single_label, ridge) -> dict:
-    """ProbeX trained from the ridge read-out with offset units and in ± pairs
-    ("probex-offset", "probex-pairs"), and the better on validation as "probex" (a tie keeps
-    the pairs); from random probes (`settings.probex_init`), "probex" alone."""
-    args = (train, val, n_classes, cfg, settings, single_label, ridge)
-    if settings.probex_init != "ridge":
-        return {"probex": warm_probex(*args)[1]}
-    offset, pairs = (warm_probex(*args, units=u)[1] for u in ("offset", "pairs"))
-    best = offset if offset.best_metric > pairs.best_metric else pairs
-    return {"probex-offset": offset, "probex-pairs": pairs, "probex": best}
-
-
-def encoder_state(model) -> dict[str, torch.Tensor]:
-    """A ProbeX's encoder weights (probes, projections, training mean), without its heads."""
-    return {
-        k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "zero_shot."))
-    }
 
 
 def write_status(

@@ -33,6 +33,8 @@ from probex_core.train import predict_logits
 # classifier methods in the order the tables show them (column title, method)
 CLASSIFIERS = (
     ("ProbeX", "probex"),
+    ("ProbeX (class probes)", "probex-classes"),
+    ("ProbeX (shared probes)", "probex-shared"),
     ("ProbeX (offset start)", "probex-offset"),
     ("ProbeX (± pairs start)", "probex-pairs"),
     ("ProbeX (random probes)", "probex-scratch"),

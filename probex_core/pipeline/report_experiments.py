@@ -109,15 +109,21 @@ def _official(ran: pd.DataFrame, evals: pd.DataFrame) -> Section:
     ids = official.tree_id
     table = pd.DataFrame({"tree": official.tree, "metric": official.metric,
                           "chance": official.chance})  # fmt: skip
-    ours = (("ours: ProbeX", "probex"), ("ours: ProbeX, random probes", "probex-scratch"))
+    ours = (
+        ("ours: ProbeX", "probex"),
+        ("ours: ProbeX, shared probes", "probex-shared"),
+        ("ours: ProbeX, random probes", "probex-scratch"),
+    )
     for column, method in ours:
         table[column] = ids.map(head[head.method == method].set_index("tree_id").value)
     table["official protocol"] = official.value
     table["official parameters"] = official.params
     note = (
         "Ours: the pipeline's experts (each model's change from its tree's root at unit RMS; "
-        "32 probes, projection 64, representation 128; warm-started from the ridge read-out, "
-        "or from random probes; validated every 10 epochs, stopped after 8 without a gain). "
+        "ProbeX with 32 probes, projection 64, representation 128, warm-started from the "
+        "ridge read-out or from random probes, or with class probes (one probe and one "
+        "projection of its own per class, from the ridge read-out), the better on validation "
+        "as ProbeX; validated every 10 epochs, stopped after 8 without a gain). "
         "Official: the paper's ProbeX (128 probes, projection 128, representation 512) from "
         "random init on the weights as the hub stores them, Adam lr 1e-3, weight decay 1e-5, "
         "batch 128, BCE, validated every 25 epochs, best checkpoint kept; "
