@@ -88,8 +88,8 @@ def test_a_home_without_ground_truth_says_which_tables_it_cannot_fill(built, tmp
 def test_experiments_reproduce_the_expert_and_fill_their_sections(
     built, tmp_path, monkeypatch
 ) -> None:
-    """The ablation at the experts' own ranks is the expert (same data, seed and warm
-    start: the same test score); the shared model is scored on every trained tree."""
+    """The ablation at the experts' own ranks is the tree's shared ProbeX (same data, seed and
+    warm starts: the same test score); the shared model is scored on every trained tree."""
     import functools
 
     from probex_core.pipeline import experiments
@@ -109,7 +109,9 @@ def test_experiments_reproduce_the_expert_and_fill_their_sections(
     ran = query(home, "SELECT * FROM raw_report_experiments")
     trained = set(query(home, "SELECT tree_id FROM trees WHERE expert_status = 'trained'").tree_id)
     assert set(ran.tree_id) == trained
-    own = query(home, "SELECT tree_id, metric, value FROM evaluations WHERE method = 'probex'")
+    own = query(
+        home, "SELECT tree_id, metric, value FROM evaluations WHERE method = 'probex-shared'"
+    )
     for tree_id in trained:
         mine = ran[(ran.tree_id == tree_id) & (ran.experiment == "probes")]
         assert len(mine) == 7  # r_U 1, 8, 32, 128 at r_T 128; r_T 16, 512 at r_U 32; budget

@@ -52,7 +52,8 @@ def experiment_sections(home: Home, evals: pd.DataFrame, names: dict) -> list[Se
         ].reset_index(drop=True)
         if len(probes)
         else None,
-        "ProbeX (ridge warm start, as the experts) with r_U probes, projection width r_V (64 "
+        "The shared ProbeX (ridge warm starts, as the experts' probex-shared) with r_U "
+        "probes, projection width r_V (64 "
         "unless named) and representation width r_T, on each tree's layer and split; test "
         "models. r_U=8 r_V=32 r_T=80 has about 20× fewer parameters than Dense on a 64×128 "
         "layer of 80 classes."
