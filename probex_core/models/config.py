@@ -28,7 +28,7 @@ class ClassProbeConfig:
     its own and projects each response with a vector of its own."""
 
     kind: ClassVar[str] = "probex-classes"
-    rank: int = 2
+    rank: int = 1  # the pipeline's (`ExpertSettings.class_rank`)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
