@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "search": "bench.search",
     "zoo-signal": "bench.zoo_signal",
     "lora-signal": "bench.lora_signal",
+    "low-rank": "bench.low_rank",
     "modelj": "bench.modelj",
     "scale": "bench.scale",
 }

@@ -9,6 +9,7 @@ and layer stacks are written and read by `probex_core.store`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -20,20 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from probex_core.metrics import per_class_accuracy, ranking_auc, topk_accuracy
-from probex_core.models import LayerRows, WeightModel
+from probex_core.models import LayerRows, WeightModel, low_rank_factors
 from probex_core.store import LayerStack
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float | None = (
-        None  # Adam step size; None → 1e-3 (classify) or 2e-3 (zeroshot), the paper's
-    )
+    lr: float | None = None  # Adam step; None → 1e-3 (classify), 2e-3 (zeroshot), the paper's
     weight_decay: float = 1e-5  # Adam (L2) weight decay, the paper's
     batch_size: int = 128  # models per step, the paper's
-    epochs: int = (
-        500  # maximum passes over the training models (paper: 500 classify, 200 zero-shot)
-    )
+    epochs: int = 500  # most passes over the training models (paper: 500 classify, 200 zs)
     val_every: int = 25  # validate every this many epochs (and after the last one); paper: 25
     patience: int | None = None  # stop after this many validations without gain; None = never
     seed: int = 0  # seeds batch order (model init is seeded by build_model's `seed`)
@@ -74,6 +71,7 @@ class TensorData:
 
     X: torch.Tensor
     Y: torch.Tensor
+    low_rank: bool = True  # read low-rank layers through their factors (False: always whole)
     _buffer: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,8 +92,8 @@ class TensorData:
     ) -> Iterator[tuple[torch.Tensor | LayerRows, torch.Tensor]]:
         """Shuffled batches when a generator is given, in order (views of X) otherwise.
 
-        A shuffled batch is `LayerRows` of X when `in_place`; otherwise its X is gathered into
-        one buffer kept between calls and is valid only until the next batch is drawn: a fresh
+        A shuffled batch is `LayerRows` of X (with its `factors`, if any) when `in_place`;
+        otherwise its X is gathered into one buffer kept between calls and is valid only until the next batch is drawn: a fresh
         (B, d_H, d_W) allocation per step page-faults its memory in anew, which cost ~8x the
         copy itself for 768×768 layers."""
         n = len(self)
@@ -105,9 +103,10 @@ class TensorData:
             return
         order = torch.randperm(n, generator=generator)
         if in_place:
+            factors = self.factors
             for s in range(0, n, batch_size):
                 idx = order[s : s + batch_size]
-                yield LayerRows(self.X, idx), self.Y[idx]
+                yield LayerRows(self.X, idx, factors), self.Y[idx]
             return
         size = min(batch_size, n)
         if self._buffer is None or self._buffer.shape[0] < size:
@@ -119,6 +118,11 @@ class TensorData:
 
     def head(self, n: int) -> torch.Tensor:
         return self.X[:n]
+
+    @functools.cached_property
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """X's low-rank factors when its layers have some (LoRA ΔW, `low_rank_factors`)."""
+        return low_rank_factors(self.X) if self.low_rank else None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from probex_core.models import (
     TextHeadConfig,
     build_model,
     count_parameters,
+    low_rank_factors,
     model_config,
     probe_responses,
     weight_statistics,
@@ -196,6 +197,29 @@ def test_probe_responses_gradients(r: int) -> None:
     rows = probe_responses(LayerRows(X, index), U)
     assert torch.allclose(rows, probe_responses(X[index], U))
     assert torch.autograd.gradcheck(lambda X, U: probe_responses(LayerRows(X, index), U), (X, U))
+
+
+def test_low_rank_layers_are_factored_and_read_through_their_factors() -> None:
+    g = torch.Generator().manual_seed(0)
+    f64 = {"generator": g, "dtype": torch.float64}
+    X = torch.randn(6, 40, 3, **f64) @ torch.randn(6, 3, 56, **f64)  # rank-3 "adapters"
+    # (40 × 56: rank ≤ 5 = 40/8 is factored)
+    P, Q = low_rank_factors(X)
+    assert P.shape == (6, 40, 3) and Q.shape == (6, 3, 56)
+    assert torch.allclose(P @ Q, X)
+    U = torch.randn(56, 4, **f64, requires_grad=True)
+    index = torch.tensor([5, 0, 5])
+    fast = probe_responses(LayerRows(X, index, (P, Q)), U)
+    assert torch.allclose(fast, probe_responses(X[index], U))
+    assert torch.allclose(probe_responses(LayerRows(X, index, (2 * P, Q)), U), 2 * fast)  # read
+    (gU,) = torch.autograd.grad(fast.square().sum(), U)
+    (dense,) = torch.autograd.grad(probe_responses(X[index], U).square().sum(), U)
+    assert torch.allclose(gU, dense)
+    # a full-rank layer (the first, or any other) or too small a layer is left dense
+    assert low_rank_factors(torch.randn(6, 40, 56, **f64)) is None
+    X[4] += torch.randn(40, 56, **f64)
+    assert low_rank_factors(X) is None
+    assert low_rank_factors(torch.randn(2, 4, 1) @ torch.randn(2, 1, 6)) is None
 
 
 def test_weight_to_text_head_embeds_models_in_the_text_space():

@@ -101,6 +101,40 @@ def test_probex_reading_layers_in_place_trains_as_on_gathered_batches(splits, r_
     assert isinstance(batch, LayerRows) and batch.source is splits["train"].X
 
 
+def test_statnn_reads_its_statistics_once_per_stack(splits, monkeypatch) -> None:
+    """StatNN's statistics are computed once for the training stack, then indexed per batch;
+    it trains to the same weights as when every gathered batch computes them anew."""
+    import probex_core.models.baselines as baselines
+
+    cfg = TrainConfig(epochs=4, val_every=2, batch_size=32, seed=2)
+    states, rows = [], []
+    real = baselines.weight_statistics
+    monkeypatch.setattr(baselines, "weight_statistics", lambda X: rows.append(len(X)) or real(X))
+    for in_place in (True, False):
+        rows.clear()
+        model = build_model("statnn", 32, 48, 8, seed=1)
+        model.reads_in_place = in_place  # False: batches are gathered copies
+        states.append(train_expert(model, splits["train"], splits["val"], cfg).model.state_dict())
+        n_train, n_val = len(splits["train"]), len(splits["val"])
+        val_rows = 3 * n_val  # three validations (epochs 0, 2, 4)
+        assert sum(rows) == n_train * (1 if in_place else 4) + n_train + val_rows
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-6) for k in states[0])
+    """LoRA-like layers (rank 2 of 32 × 48) are read through their factors in place; the
+    class-probe ProbeX trains to the same weights as on gathered dense batches."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 32, 2, generator=g) @ torch.randn(40, 2, 48, generator=g)
+    data = TensorData(X, (torch.rand(40, 8, generator=g) < 0.5).float())
+    cfg = TrainConfig(epochs=4, val_every=2, batch_size=16, seed=2)
+    states = []
+    for in_place in (True, False):
+        model = build_model("probex-classes", 32, 48, 8, seed=1, rank=1)
+        model.reads_in_place = in_place
+        states.append(train_expert(model, data, data, cfg).model.state_dict())
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-4) for k in states[0])
+    batch, _ = next(data.batches(16, torch.Generator().manual_seed(0), in_place=True))
+    assert batch.factors is not None and batch.factors[0].shape == (40, 32, 2)
+
+
 @pytest.mark.parametrize("kind", ["probex", "mvprobe", "statnn", "dense"])
 def test_save_load_reproduces_predictions_exactly(tmp_path: Path, splits, kind: str) -> None:
     hp = {"probex": PROBEX, "mvprobe": {"r": 4, "proj_dim": 4, "r_T": 8}}.get(kind, {})

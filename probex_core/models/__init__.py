@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from probex_core.models.base import LayerRows, WeightModel, ZeroShotHead, probe_responses
+from probex_core.models.base import (
+    LayerRows,
+    WeightModel,
+    ZeroShotHead,
+    low_rank_factors,
+    probe_responses,
+)
 from probex_core.models.baselines import (
     N_STATS,
     QUANTILE_SAMPLE,
@@ -112,6 +118,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "model_config",
+    "low_rank_factors",
     "probe_responses",
     "weight_statistics",
 ]

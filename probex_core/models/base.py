@@ -109,10 +109,15 @@ class LayerRows:
     Only a model that reads each layer on its own (`WeightModel.reads_in_place`, i.e. ProbeX)
     is given these; it indexes `source` one layer at a time, so a shuffled batch costs no
     copy. Copying 128 layers of 768×768 into a batch reads and writes 300 MB, ~0.04 s, a
-    quarter of a ProbeX step with 8 probes."""
+    quarter of a ProbeX step with 8 probes.
+
+    `factors`, when given, are the whole stack's low-rank factors (P (N, d_H, r), Q (N, r,
+    d_W), source[i] = P[i] Q[i] to rounding; see `low_rank_factors`): probes then pass
+    through them, P (Q U), at (d_H + d_W)·r instead of d_H·d_W per probe and layer."""
 
     source: torch.Tensor
     index: torch.Tensor  # (B,) int64
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -166,7 +171,35 @@ class _ProbeResponses(torch.autograd.Function):
 
 def probe_responses(X: torch.Tensor | LayerRows, U: torch.Tensor) -> torch.Tensor:
     """Each layer's probe responses, transposed: (N, d_H, d_W) with U (d_W, r) → (N, r, d_H),
-    i.e. (X U)ᵀ per layer, with a fast gradient for U. `LayerRows` are read in place."""
+    i.e. (X U)ᵀ per layer, with a fast gradient for U. `LayerRows` are read in place, or
+    through their low-rank factors when they have them."""
     if isinstance(X, LayerRows):
+        if X.factors is not None:
+            P, Q = (f[X.index] for f in X.factors)
+            return (P @ (Q @ U)).transpose(1, 2)
         return _ProbeResponses.apply(X.source, X.index, U)
     return _ProbeResponses.apply(X, None, U)
+
+
+def low_rank_factors(
+    X: torch.Tensor, max_fraction: float = 0.125, tol: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Factors P (N, d_H, r), Q (N, r, d_W) with X[i] = P[i] Q[i] to rounding, when every
+    layer's numerical rank (singular values above `tol` times its largest) is at most
+    `max_fraction` of min(d_H, d_W) — a LoRA adapter's ΔW = B A, for one — else None. The
+    first layer is checked alone first, so a full-rank stack costs one SVD."""
+    limit = int(min(X.shape[1:]) * max_fraction)
+    if limit < 1 or len(X) == 0:
+        return None
+
+    def rank(s: torch.Tensor) -> torch.Tensor:
+        return (s > tol * s[..., :1]).sum(-1)
+
+    if rank(torch.linalg.svdvals(X[0])) > limit:
+        return None
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    r = int(rank(S).max())
+    if r > limit:
+        return None
+    r = max(r, 1)  # an all-zero stack still gets one (zero) factor
+    return (U[..., :r] * S[:, None, :r]).contiguous(), Vh[:, :r].contiguous()

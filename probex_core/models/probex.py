@@ -82,6 +82,7 @@ class ClassProbeX(_CentredProbes, WeightModel):
     """
 
     kind = "probex-classes"
+    reads_in_place = True
 
     def __init__(
         self,

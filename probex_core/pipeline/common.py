@@ -19,7 +19,7 @@ CODE_VERSIONS: dict[str, str] = {
     "hub_repos": "3",
     "model_trees": "5",
     "tree_layers": "3",
-    "tree_experts": "12",
+    "tree_experts": "13",
     "model_predictions": "5",
     "evaluations": "12",
     "model_cards": "1",
