@@ -93,9 +93,9 @@ class TensorData:
         """Shuffled batches when a generator is given, in order (views of X) otherwise.
 
         A shuffled batch is `LayerRows` of X (with its `factors`, if any) when `in_place`;
-        otherwise its X is gathered into one buffer kept between calls and is valid only until the next batch is drawn: a fresh
-        (B, d_H, d_W) allocation per step page-faults its memory in anew, which cost ~8x the
-        copy itself for 768×768 layers."""
+        otherwise its X is gathered into one buffer kept between calls and is valid only until
+        the next batch is drawn: a fresh (B, d_H, d_W) allocation per step page-faults its
+        memory in anew, which cost ~8x the copy itself for 768×768 layers."""
         n = len(self)
         if generator is None:
             for s in range(0, n, batch_size):

@@ -117,8 +117,8 @@ __all__ = [
     "ZeroShotHead",
     "build_model",
     "count_parameters",
-    "model_config",
     "low_rank_factors",
+    "model_config",
     "probe_responses",
     "weight_statistics",
 ]

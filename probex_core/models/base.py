@@ -106,9 +106,9 @@ class WeightModel(nn.Module):
 class LayerRows:
     """Layers `index` of a stack `source` (N, d_H, d_W), not gathered into a batch tensor.
 
-    Only a model that reads each layer on its own (`WeightModel.reads_in_place`, i.e. ProbeX)
-    is given these; it indexes `source` one layer at a time, so a shuffled batch costs no
-    copy. Copying 128 layers of 768×768 into a batch reads and writes 300 MB, ~0.04 s, a
+    Only a model that reads each layer on its own (`WeightModel.reads_in_place`: ProbeX, its
+    class-probe variant, StatNN) is given these; it indexes `source` one layer at a time, so
+    a shuffled batch costs no copy. Copying 128 layers of 768×768 into a batch reads and writes 300 MB, ~0.04 s, a
     quarter of a ProbeX step with 8 probes.
 
     `factors`, when given, are the whole stack's low-rank factors (P (N, d_H, r), Q (N, r,
