@@ -12,9 +12,10 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from bench.zoo import _Setup
-from probex_core.zoo import PRESETS, generate_zoo
+from probex_core.zoo import PRESETS, ZooTrainingError, generate_zoo
 from probex_core.zoo.archs import MLP
 from probex_core.zoo.data import CLASSES, COLOURS, SHAPES, heldout_classes, image_pool
+from probex_core.zoo.parallel import map_trees
 from probex_core.zoo.plan import MIN_MARGIN
 from probex_core.zoo.trainer import Hyper, MulticlassTask, multiclass_accuracy, train_batched
 from probex_core.zoo.writer import save_safetensors
@@ -303,16 +304,18 @@ def _files(zoo: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
-    """Generates the micro preset (both tree shapes, real code path) three times.
+    """Generates the micro preset (both tree shapes, real code path) three times: the first
+    with its two trees side by side in two processes, the others one after another here.
 
     The second run goes into a directory holding a stale repo, which a rerun must remove.
     """
     stale = tmp_path / "b" / "hub" / "someone" / "model-stale"
     stale.mkdir(parents=True)
     (stale / "README.md").write_text("# stale\n")
-    a = generate_zoo(PRESETS["micro"], tmp_path / "a", seed=0, progress=False)
-    generate_zoo(PRESETS["micro"], tmp_path / "b", seed=0, progress=False)
-    generate_zoo(PRESETS["micro"], tmp_path / "c", seed=1, progress=False)
+    a = generate_zoo(PRESETS["micro"], tmp_path / "a", seed=0, progress=False, workers=2)
+    generate_zoo(PRESETS["micro"], tmp_path / "b", seed=0, progress=False, workers=1)
+    generate_zoo(PRESETS["micro"], tmp_path / "c", seed=1, progress=False, workers=1)
+    assert a["processes"] == 2
     assert not stale.exists() and not list((tmp_path / "b" / "hub").rglob(".*tmp*"))
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert fa == fb and a["n_models"] == len(_manifest(tmp_path / "a")["models"])
@@ -374,8 +377,8 @@ def test_a_tree_with_its_own_texture_draws_its_own_images_and_leaves_the_others(
     assert micro.texture == 0.0 and all(t.texture is None for t in micro.trees)
     spec = replace(next(t for t in micro.trees if t.kind == "lora"), texture=2.0)
     own = replace(micro, trees=tuple(spec if t.kind == "lora" else t for t in micro.trees))
-    generate_zoo(micro, tmp_path / "a", seed=0, progress=False)
-    generate_zoo(own, tmp_path / "b", seed=0, progress=False)
+    generate_zoo(micro, tmp_path / "a", seed=0, progress=False, workers=1)
+    generate_zoo(own, tmp_path / "b", seed=0, progress=False, workers=1)
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert fa.keys() == fb.keys()
     manifest = _manifest(tmp_path / "b")
@@ -407,3 +410,33 @@ def test_a_tree_with_its_own_texture_draws_its_own_images_and_leaves_the_others(
     assert mine.tolist() == pytest.approx([r["accuracy"] for r in rows], abs=1e-6)
     assert (mine >= 0.5 + MIN_MARGIN).all()
     assert not torch.allclose(scores(micro.texture), mine)
+
+
+class _Bar:
+    """What `map_trees` needs of a tqdm bar (a disabled tqdm does not count)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+
+def _steps_job(n: int, step) -> int:
+    """A job for `map_trees`: takes `n` steps one at a time; a negative `n` fails."""
+    if n < 0:
+        raise ZooTrainingError(f"job {n} did not learn")
+    for _ in range(n):
+        step(1)
+    return n * n
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_trees_side_by_side_return_in_order_count_every_step_and_raise_a_failure(
+    workers: int,
+) -> None:
+    bar = _Bar()
+    assert map_trees(_steps_job, [(3,), (50,), (7,)], workers, 1, bar) == [9, 2500, 49]
+    assert bar.n == 60
+    with pytest.raises(ZooTrainingError, match="job -1 did not learn"):
+        map_trees(_steps_job, [(5,), (-1,), (6,)], workers, 1, _Bar())

@@ -40,7 +40,12 @@ def format_summary(s: dict) -> str:
     """The table printed at the end of `probex zoo generate`."""
     lines = [
         f"zoo {s['preset']!r} seed {s['seed']}: {s['n_trees']} trees, {s['n_models']} models "
-        f"({s['n_undocumented']} undocumented) in {s['seconds']:.0f} s",
+        f"({s['n_undocumented']} undocumented) in {s['seconds']:.0f} s"
+        + (
+            f", trees side by side in {s['processes']} processes"
+            if s.get("processes", 1) > 1
+            else ""
+        ),
         f"{'tree':<8} {'kind':<5} {'arch':<8} {'models':>6} {'root acc':>8} {'ft mean':>8} {'ft min':>7} {'chance':>7} {'time s':>7}",
     ]
     for t in s["trees"]:
