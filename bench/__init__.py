@@ -12,6 +12,7 @@ import importlib
 BENCHES: dict[str, str] = {
     "core": "bench.core",
     "zoo": "bench.zoo",
+    "zoo-processes": "bench.zoo_processes",
     "trees": "bench.trees",
     "search": "bench.search",
     "zoo-signal": "bench.zoo_signal",

@@ -8,9 +8,12 @@ from pathlib import Path
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
+    from probex_core.errors import UserError
     from probex_core.zoo import generate_zoo
 
-    generate_zoo(preset=args.preset, out=Path(args.out), seed=args.seed, progress=True)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, not {args.workers}")
+    generate_zoo(preset=args.preset, out=Path(args.out), seed=args.seed, workers=args.workers)
     return 0
 
 
@@ -235,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--out", required=True, help="output directory (hub/ and manifest.json)")
     gen.add_argument("--seed", type=int, default=0, help="seed of every weight and split")
+    gen.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes training trees side by side (default: one per usable core)",
+    )
 
     run = _command(sub, "run", "materialise everything in-process (incremental)", _cmd_run)
     run.add_argument(

@@ -17,6 +17,7 @@ from orchestration.cli import main
         (["search", "red star"], "no catalog at"),
         (["predict", "/nonexistent/x.safetensors"], "/nonexistent/x.safetensors"),
         (["run", "--hub", "/nonexistent/hub"], "hub not found"),
+        (["zoo", "generate", "--out", "zoo", "--workers", "0"], "--workers must be at least 1"),
     ],
 )
 def test_user_errors_end_in_one_line(argv, says, tmp_path: Path, capsys, monkeypatch) -> None:
