@@ -266,7 +266,7 @@ def generate_zoo(
         heldout = [CLASSES.index(c) for c in heldout_names]
         root_plans, plans = _plan(cfg, seed, heldout)
         pools = _pools(cfg, seed, heldout)
-        workers = usable_cores() if workers is None else workers
+        workers = min(max(usable_cores() if workers is None else workers, 1), len(cfg.trees))
         tree_times = _train_trees(
             cfg, seed, pools, hub, root_plans, plans, progress, workers, threads or n_threads
         )
@@ -278,7 +278,7 @@ def generate_zoo(
     write_json_atomic(out / "manifest.json", manifest)
     summary = summarise(cfg, seed, plans, root_plans, tree_times, time.perf_counter() - t0)
     summary["torch_threads"] = threads or n_threads
-    summary["processes"] = min(max(workers, 1), len(cfg.trees))
+    summary["processes"] = workers
     write_json_atomic(out / "summary.json", summary)
     if progress:
         print(format_summary(summary))
@@ -339,8 +339,7 @@ def _train_trees(
     with tqdm(
         total=total, unit="model-step", disable=not progress, smoothing=0.05, mininterval=1.0
     ) as bar:
-        n = min(max(workers, 1), len(jobs))
-        bar.set_description(f"{len(jobs)} trees, {n} process{'es' if n > 1 else ''}")
+        bar.set_description(f"{len(jobs)} trees, {workers} process{'es' * (workers > 1)}")
         results = map_trees(_train_tree, jobs, workers, threads, bar)
     tree_times = {}
     for t, (root, plan, seconds) in zip(cfg.trees, results, strict=True):
