@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -440,3 +444,45 @@ def test_trees_side_by_side_return_in_order_count_every_step_and_raise_a_failure
     assert bar.n == 60
     with pytest.raises(ZooTrainingError, match="job -1 did not learn"):
         map_trees(_steps_job, [(5,), (-1,), (6,)], workers, 1, _Bar())
+
+
+def _wait_job(pids: str, step) -> None:
+    """A job for `map_trees` that records its process and outlives any test: 10 minutes."""
+    (Path(pids) / str(os.getpid())).touch()
+    time.sleep(600)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_generator_takes_its_tree_processes_with_it(tmp_path: Path) -> None:
+    """SIGKILL the process running `map_trees`: its two workers, each in a 10-minute job,
+    end on their own instead of training on for nobody."""
+    script = (
+        "from probex_core.zoo.parallel import map_trees\n"
+        "from tests.test_zoo import _Bar, _wait_job\n"
+        f"map_trees(_wait_job, [({str(tmp_path)!r},)] * 2, 2, 1, _Bar())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    try:
+        for _ in range(600):  # the workers start: spawned, importing torch
+            if len(list(tmp_path.iterdir())) == 2 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        workers = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(workers) == 2 and all(_running(w) for w in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+    for _ in range(300):
+        if not any(_running(w) for w in workers):
+            break
+        time.sleep(0.1)
+    assert not any(_running(w) for w in workers)

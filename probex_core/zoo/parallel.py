@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -39,7 +40,7 @@ def map_trees(fn: Callable, jobs: Sequence[tuple], workers: int, threads: int, b
     context = multiprocessing.get_context("spawn")  # no fork of a process OpenMP has run in
     steps = context.Queue()
     with ProcessPoolExecutor(
-        min(workers, len(jobs)), context, initializer=_start, initargs=(steps, threads)
+        min(workers, len(jobs)), context, initializer=_start, initargs=(steps, threads, os.getpid())
     ) as pool:
         futures = [pool.submit(_call, fn, job) for job in jobs]
         try:
@@ -70,11 +71,20 @@ def _drain(steps: queue.Queue, bar: tqdm) -> None:
             return
 
 
-def _start(steps: queue.Queue, threads: int) -> None:
+def _start(steps: queue.Queue, threads: int, parent: int) -> None:
     global _steps
     _steps = steps
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    threading.Thread(target=_end_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _end_when_orphaned(parent: int) -> None:
+    """End this worker once the process that started it is gone (killed, say): a tree's
+    minutes of training would otherwise go on, writing to a hub nobody is generating."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _call(fn: Callable, job: tuple):
