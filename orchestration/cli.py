@@ -13,7 +13,9 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
-    generate_zoo(preset=args.preset, out=Path(args.out), seed=args.seed, workers=args.workers)
+    generate_zoo(
+        preset=args.preset, out=Path(args.out), seed=args.seed, progress=True, workers=args.workers
+    )
     return 0
 
 

@@ -200,11 +200,10 @@ def test_zoo_generate_passes_its_arguments(monkeypatch, tmp_path) -> None:
 
     seen = []
     monkeypatch.setattr(probex_core.zoo, "generate_zoo", lambda **kw: seen.append(kw))
-    assert (
-        main(["zoo", "generate", "--preset", "tiny", "--out", str(tmp_path / "z"), "--seed", "4"])
-        == 0
-    )
-    assert seen == [{"preset": "tiny", "out": tmp_path / "z", "seed": 4, "progress": True}]
+    argv = ["zoo", "generate", "--preset", "tiny", "--out", str(tmp_path / "z"), "--seed", "4"]
+    assert main(argv) == 0 and main([*argv, "--workers", "3"]) == 0
+    asked = {"preset": "tiny", "out": tmp_path / "z", "seed": 4, "progress": True}
+    assert seen == [asked | {"workers": None}, asked | {"workers": 3}]
 
 
 def test_bench_quick_prints_its_side_by_side_table(capsys) -> None:

@@ -58,7 +58,7 @@ def test_linear_probe_moves_only_the_head_and_lowers_the_loss() -> None:
     preset = ZooPreset("p", (spec,))
     gen = torch.Generator().manual_seed(0)
     pool = _images(0.0, list(range(100)) * 6).view(6, 100, 3, 16, 16).transpose(0, 1)
-    run = _TreeRun(spec, preset, 0, {}, None, bar=type("B", (), {"update": lambda *a: None})())
+    run = _TreeRun(spec, preset, 0, {}, None, step=lambda n: None)
     params = arch.init(2, 4, gen)
     classes = torch.tensor([[0, 11, 22, 33], [44, 55, 66, 77]])
     task = MulticlassTask(pool.contiguous(), classes)
