@@ -32,8 +32,9 @@ def map_trees(fn: Callable, jobs: Sequence[tuple], workers: int, threads: int, b
 
     With `workers` ≤ 1 the jobs run here, one after another; else in that many spawned
     processes, each with `threads` torch threads and deterministic algorithms, taking jobs in
-    order as they free up (so put the longest first). The first job to fail stops the rest:
-    queued jobs are cancelled and its error is raised here.
+    order as they free up (the order decides how the jobs pack). The first job to fail stops
+    the rest: jobs not yet started are cancelled, those running finish, and its error is
+    raised here. A worker ends itself when this process is killed.
     """
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*job, bar.update) for job in jobs]
