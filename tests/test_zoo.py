@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -485,4 +486,7 @@ def test_a_killed_generator_takes_its_tree_processes_with_it(tmp_path: Path) -> 
         if not any(_running(w) for w in workers):
             break
         time.sleep(0.1)
-    assert not any(_running(w) for w in workers)
+    survivors = [w for w in workers if _running(w)]
+    for w in survivors:  # a failure leaves no 10-minute orphans behind
+        os.kill(w, signal.SIGKILL)
+    assert not survivors
