@@ -108,8 +108,8 @@ class LayerRows:
 
     Only a model that reads each layer on its own (`WeightModel.reads_in_place`: ProbeX, its
     class-probe variant, StatNN) is given these; it indexes `source` one layer at a time, so
-    a shuffled batch costs no copy. Copying 128 layers of 768×768 into a batch reads and writes 300 MB, ~0.04 s, a
-    quarter of a ProbeX step with 8 probes.
+    a shuffled batch costs no copy. Copying 128 layers of 768×768 into a batch reads and
+    writes 300 MB, ~0.04 s, a quarter of a ProbeX step with 8 probes.
 
     `factors`, when given, are the whole stack's low-rank factors (P (N, d_H, r), Q (N, r,
     d_W), source[i] = P[i] Q[i] to rounding; see `low_rank_factors`): probes then pass
